@@ -1,0 +1,515 @@
+//! A sandbox Graph API: a real HTTP/1.1 server that imitates the parts of Meta's Graph
+//! API this exporter calls (the flows listing of a WABA and the Flows Metrics API), for
+//! the `demo` subcommand, the integration tests and the benchmark.
+//!
+//! It follows what Meta documents as closely as the documentation allows: bearer-token
+//! checks with Graph error envelopes, cursor paging whose `next` names
+//! graph.facebook.com, the metric answer shape, error 139006 for flows without enough
+//! data, ingestion lag, and the rate-limit usage headers on every answer.
+//! The numbers come from `data`, a deterministic traffic model; `graph` does the routing
+//! and JSON; this module holds the shared state, the public knobs tests turn (faults,
+//! latency, paging) and the hyper server.
+
+mod data;
+mod graph;
+#[cfg(test)]
+mod tests;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::model::{Clock, Granularity, MetricKind};
+
+/// The two WABAs of `Sandbox::realistic` (and of `Sandbox::generated`).
+pub const REALISTIC_WABA_IDS: [&str; 2] = ["102290129340398", "104996122399160"];
+
+/// One served data point: its period start and its `(key, value)` pairs, values as
+/// numbers whether the flow sends them as JSON numbers or strings.
+pub type ServedPoint = (DateTime<Utc>, Vec<(String, f64)>);
+
+/// Flows per listing page unless set otherwise; Graph's usual default.
+const DEFAULT_PAGE_SIZE: usize = 25;
+
+/// How long open connections get to finish their requests after shutdown is asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Pause after a failed `accept` (for example, out of file descriptors) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A sandbox Graph API. Cheap to clone; clones share state, so a test can keep one
+/// handle to turn knobs while another serves.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clock: Clock,
+    state: Mutex<State>,
+    /// Requests answered, for `request_count`.
+    answered: AtomicU64,
+    /// Seeds each answer's `fbtrace_id`.
+    serial: AtomicU64,
+}
+
+/// Everything a request can read or change; `graph` routes against it.
+struct State {
+    token: String,
+    flows: Vec<SandboxFlow>,
+    /// WABAs in order of first appearance; they stay known when their flows go.
+    wabas: Vec<String>,
+    page_size: usize,
+    empty_page_after: Option<usize>,
+    latency: Duration,
+    /// Checked newest first.
+    faults: Vec<(FaultTarget, Fault)>,
+    metric_log: Vec<(String, MetricKind, Granularity)>,
+    usage: graph::Usage,
+}
+
+/// A flow the sandbox knows, with the traffic its endpoint gets.
+#[derive(Debug, Clone)]
+pub struct SandboxFlow {
+    pub id: String,
+    pub name: String,
+    pub waba_id: String,
+    /// `DRAFT`, `PUBLISHED`, `DEPRECATED`, `BLOCKED` or `THROTTLED`.
+    pub status: String,
+    pub data_api_version: String,
+    /// `AVAILABLE`, `LIMITED` or `BLOCKED`.
+    pub can_send_message: String,
+    pub traffic: Traffic,
+}
+
+/// How a flow's metrics answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// Numbers as JSON numbers, around `base_per_hour` requests an hour.
+    Normal { base_per_hour: u32 },
+    /// The same traffic, but every `value` is a JSON string (`"315"`, `"0.0412"`), as in
+    /// one of Meta's reference examples.
+    StringValues { base_per_hour: u32 },
+    /// Fewer than 250 requests: every metric query answers error 139006.
+    BelowThreshold,
+}
+
+/// An injected answer that replaces the normal one.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub status: u16,
+    /// Sent as is, usually built with `Sandbox::graph_error_body`.
+    pub body: String,
+    /// Added to the sandbox latency before answering.
+    pub delay: Duration,
+    /// How many calls it answers before it disappears; `None` until `clear_faults`.
+    pub times: Option<u32>,
+}
+
+/// Which calls a fault answers; `None` matches anything.
+///
+/// Faults are checked after the token, the path and (for metrics) the `fields` syntax,
+/// and before the flow or WABA is looked up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultTarget {
+    Metrics {
+        flow_id: Option<String>,
+        metric: Option<MetricKind>,
+        granularity: Option<Granularity>,
+    },
+    FlowsList {
+        waba_id: Option<String>,
+    },
+}
+
+impl Sandbox {
+    /// A sandbox with no flows.
+    pub fn new(token: impl Into<String>, clock: Clock) -> Sandbox {
+        let state = State {
+            token: token.into(),
+            flows: Vec::new(),
+            wabas: Vec::new(),
+            page_size: DEFAULT_PAGE_SIZE,
+            empty_page_after: None,
+            latency: Duration::ZERO,
+            faults: Vec::new(),
+            metric_log: Vec::new(),
+            usage: graph::Usage::default(),
+        };
+        Sandbox {
+            inner: Arc::new(Inner {
+                clock,
+                state: Mutex::new(state),
+                answered: AtomicU64::new(0),
+                serial: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The demo data set: two WABAs whose flows cover every status, an old
+    /// `data_api_version` without availability data, string values, a flow below the
+    /// data threshold, and listing pages of two with an empty page after the first.
+    pub fn realistic(token: impl Into<String>, clock: Clock) -> Sandbox {
+        let [waba_1, waba_2] = REALISTIC_WABA_IDS;
+        #[rustfmt::skip]
+        let flows = [
+            ("1180349906393871", "Appointment booking", waba_1, "PUBLISHED", "3.0", "AVAILABLE", Traffic::Normal { base_per_hour: 180 }),
+            ("1312058623344795", "Lead qualification", waba_1, "PUBLISHED", "3.1", "AVAILABLE", Traffic::StringValues { base_per_hour: 60 }),
+            ("947325160880432", "Order tracking", waba_1, "THROTTLED", "3.0", "LIMITED", Traffic::Normal { base_per_hour: 400 }),
+            ("1054620873421660", "Spring sale survey", waba_1, "DRAFT", "3.0", "AVAILABLE", Traffic::Normal { base_per_hour: 25 }),
+            ("2218760399112746", "Holiday promo 2025", waba_1, "DEPRECATED", "3.0", "BLOCKED", Traffic::Normal { base_per_hour: 50 }),
+            ("1467393620448117", "Loyalty signup", waba_2, "PUBLISHED", "2.1", "AVAILABLE", Traffic::Normal { base_per_hour: 90 }),
+            ("839201746158334", "Feedback form", waba_2, "PUBLISHED", "3.0", "AVAILABLE", Traffic::BelowThreshold),
+            ("1726044182937705", "Store locator", waba_2, "BLOCKED", "3.0", "BLOCKED", Traffic::Normal { base_per_hour: 30 }),
+        ];
+
+        let sandbox = Sandbox::new(token, clock);
+        for (id, name, waba_id, status, data_api_version, can_send_message, traffic) in flows {
+            sandbox.add_flow(SandboxFlow {
+                id: id.to_owned(),
+                name: name.to_owned(),
+                waba_id: waba_id.to_owned(),
+                status: status.to_owned(),
+                data_api_version: data_api_version.to_owned(),
+                can_send_message: can_send_message.to_owned(),
+                traffic,
+            });
+        }
+        sandbox.set_page_size(2);
+        sandbox.set_empty_page_after(Some(0));
+        sandbox
+    }
+
+    /// `n_flows` PUBLISHED v3.0 flows alternating over the two realistic WABAs, with
+    /// Normal traffic of varied volume: ids `900000000000000 + i`, names
+    /// "Generated flow {i}". For benchmarks.
+    pub fn generated(n_flows: usize, token: impl Into<String>, clock: Clock) -> Sandbox {
+        let sandbox = Sandbox::new(token, clock);
+        for i in 0..n_flows {
+            sandbox.add_flow(SandboxFlow {
+                id: (900_000_000_000_000 + i as u64).to_string(),
+                name: format!("Generated flow {i}"),
+                waba_id: REALISTIC_WABA_IDS[i % 2].to_owned(),
+                status: "PUBLISHED".to_owned(),
+                data_api_version: "3.0".to_owned(),
+                can_send_message: "AVAILABLE".to_owned(),
+                traffic: Traffic::Normal {
+                    // 40..400 requests an hour, spread so neighbours differ.
+                    base_per_hour: 40 + (i * 37 % 361) as u32,
+                },
+            });
+        }
+        sandbox
+    }
+
+    /// Adds a flow at the end of its WABA's listing, or replaces the flow with that id.
+    pub fn add_flow(&self, flow: SandboxFlow) {
+        let mut state = self.state();
+        if !state.wabas.contains(&flow.waba_id) {
+            state.wabas.push(flow.waba_id.clone());
+        }
+        match state.flows.iter_mut().find(|f| f.id == flow.id) {
+            Some(existing) => *existing = flow,
+            None => state.flows.push(flow),
+        }
+    }
+
+    /// Removes a flow; its WABA stays known (and lists no flow if it was the last).
+    pub fn remove_flow(&self, flow_id: &str) {
+        self.state().flows.retain(|f| f.id != flow_id);
+    }
+
+    pub fn set_status(&self, flow_id: &str, status: &str) {
+        if let Some(flow) = self.state().flows.iter_mut().find(|f| f.id == flow_id) {
+            status.clone_into(&mut flow.status);
+        }
+    }
+
+    /// Flows per listing page when the request has no `limit`; at least one.
+    pub fn set_page_size(&self, n: usize) {
+        self.state().page_size = n.max(1);
+    }
+
+    /// Inserts an empty page (`data: []` with a `paging.next`) after the page with this
+    /// index (counted from 0), when more flows follow it.
+    pub fn set_empty_page_after(&self, page_index: Option<usize>) {
+        self.state().empty_page_after = page_index;
+    }
+
+    /// A delay before every answer.
+    pub fn set_latency(&self, d: Duration) {
+        self.state().latency = d;
+    }
+
+    pub fn set_token(&self, token: &str) {
+        token.clone_into(&mut self.state().token);
+    }
+
+    /// Adds a fault. Later faults are checked first; one with `times: Some(n)` answers n
+    /// matching calls, then disappears.
+    pub fn inject(&self, target: FaultTarget, fault: Fault) {
+        self.state().faults.push((target, fault));
+    }
+
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
+    /// A Graph error envelope: `{"error": {"message", "type", "code", "error_subcode"?,
+    /// "fbtrace_id"}}`, with `type` as Graph sets it for that code and `is_transient`
+    /// for codes 1 and 2.
+    pub fn graph_error_body(code: u32, subcode: Option<u32>, message: &str) -> String {
+        // A fixed trace id per error keeps fault bodies comparable in tests.
+        let seed = message
+            .bytes()
+            .fold(u64::from(code), |h, b| data::mix(h ^ u64::from(b)));
+        graph::error_envelope(code, subcode, message, &graph::trace_id(seed)).to_string()
+    }
+
+    /// Requests answered so far, whatever the answer.
+    pub fn request_count(&self) -> u64 {
+        self.inner.answered.load(Ordering::Relaxed)
+    }
+
+    /// Every authorised, well-formed metric call in arrival order, including those a
+    /// fault answered and those for unknown flows.
+    pub fn metric_requests(&self) -> Vec<(String, MetricKind, Granularity)> {
+        self.state().metric_log.clone()
+    }
+
+    pub fn flows(&self) -> Vec<SandboxFlow> {
+        self.state().flows.clone()
+    }
+
+    /// The exact data the sandbox serves for this flow/metric/granularity/date window,
+    /// as of the clock's current reading. Empty for an unknown flow and for a flow that
+    /// answers error 139006 instead.
+    ///
+    /// Window: a period is served when its start falls on a date from `since` to
+    /// `until`, both inclusive (HOUR periods dated in UTC, DAY and LIFETIME by their
+    /// 08:00 UTC start). `since` defaults to, and is clamped to, 30 days back for HOUR
+    /// and 90 days back for DAY and LIFETIME; `until` defaults to the clock's date. Only
+    /// hours that ended two hours ago or more are served; the newest DAY and the
+    /// LIFETIME point sum the hours served so far. LIFETIME is one point stamped
+    /// `since` 08:00 UTC.
+    pub fn data_points(
+        &self,
+        flow_id: &str,
+        metric: MetricKind,
+        granularity: Granularity,
+        since: Option<NaiveDate>,
+        until: Option<NaiveDate>,
+    ) -> Vec<ServedPoint> {
+        let flow = self.state().flows.iter().find(|f| f.id == flow_id).cloned();
+        let Some(flow) = flow.filter(data::has_enough_data) else {
+            return Vec::new();
+        };
+        let now = self.inner.clock.now();
+        let window = data::Window::resolve(granularity, since, until, now.date_naive());
+        data::points(&flow, metric, granularity, window, now)
+            .into_iter()
+            .map(|point| {
+                let values = point
+                    .data
+                    .into_iter()
+                    .map(|(key, value)| (key.to_owned(), value.as_f64()))
+                    .collect();
+                (point.start, values)
+            })
+            .collect()
+    }
+
+    /// Serves on an already-bound listener until `shutdown` resolves, then lets open
+    /// connections finish (for up to five seconds) and returns. Every connection task
+    /// is owned here and awaited or aborted before returning.
+    ///
+    /// A failed `accept` is logged and retried, so the only error is the listener
+    /// failing to say its address.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> io::Result<()> {
+        let addr = listener.local_addr()?;
+        info!(%addr, "sandbox Graph API listening");
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let sandbox = self.clone();
+                        let service = service_fn(move |req| {
+                            let sandbox = sandbox.clone();
+                            async move { Ok::<_, Infallible>(sandbox.answer(req).await) }
+                        });
+                        let connection = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .serve_connection(TokioIo::new(stream), service);
+                        let connection = graceful.watch(connection);
+                        connections.spawn(async move {
+                            if let Err(err) = connection.await {
+                                debug!(%peer, error = %err, "sandbox connection failed");
+                            }
+                        });
+                    }
+                    Err(err) => {
+                        warn!(error = %err, "sandbox accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
+                // Reap finished connections so the set does not grow without bound.
+                Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(err) = finished {
+                        error!(error = %err, "sandbox connection task failed");
+                    }
+                }
+            }
+        }
+
+        drop(listener);
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            warn!("sandbox connections still open after the grace period; closing them");
+        }
+        connections.shutdown().await;
+        info!(%addr, "sandbox Graph API stopped");
+        Ok(())
+    }
+
+    /// One HTTP exchange: route, wait out latency and fault delay, answer.
+    async fn answer(self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let reply = self.handle(&graph::GraphRequest {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            query: req.uri().query().unwrap_or(""),
+            authorization,
+        });
+        if !reply.delay.is_zero() {
+            tokio::time::sleep(reply.delay).await;
+        }
+        self.inner.answered.fetch_add(1, Ordering::Relaxed);
+        reply.into_response()
+    }
+
+    /// Everything but the I/O: decides the answer and its headers.
+    fn handle(&self, req: &graph::GraphRequest<'_>) -> Reply {
+        let now = self.inner.clock.now();
+        let trace_id = graph::trace_id(self.inner.serial.fetch_add(1, Ordering::Relaxed));
+        let (routed, latency) = {
+            let mut state = self.state();
+            let routed = graph::route(&mut state, req, &trace_id, now);
+            (routed, state.latency)
+        };
+        // Generating a metric's hours happens outside the lock: a 90-day window is
+        // thousands of hours, and the benchmark sends many queries at once.
+        let (status, body, fault_delay) = match routed.answer {
+            graph::Answer::Ready {
+                status,
+                body,
+                delay,
+            } => (status, body, delay),
+            graph::Answer::Metric(query) => (200, graph::metric_body(&query, now), Duration::ZERO),
+        };
+        let (app_usage, business_usage) = self.state().usage.record(routed.waba.as_deref(), now);
+
+        let mut headers = vec![
+            ("content-type", "application/json; charset=UTF-8".to_owned()),
+            ("facebook-api-version", routed.version),
+            ("x-fb-trace-id", trace_id),
+            ("x-app-usage", app_usage),
+            ("x-business-use-case-usage", business_usage),
+        ];
+        if status == 401 {
+            headers.push((
+                "www-authenticate",
+                r#"OAuth "Facebook Platform" "invalid_token" "Error validating access token""#
+                    .to_owned(),
+            ));
+        }
+        Reply {
+            status,
+            headers,
+            body,
+            delay: latency + fault_delay,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent enough for a fake.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("Sandbox")
+            .field("token", &"<redacted>")
+            .field("clock", &self.inner.clock)
+            .field("flows", &state.flows.len())
+            .field("wabas", &state.wabas)
+            .field("page_size", &state.page_size)
+            .field("empty_page_after", &state.empty_page_after)
+            .field("latency", &state.latency)
+            .field("faults", &state.faults.len())
+            .field("request_count", &self.request_count())
+            .finish()
+    }
+}
+
+/// A decided answer, before it becomes an HTTP response.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    delay: Duration,
+}
+
+impl Reply {
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut builder = Response::builder().status(self.status);
+        for (name, value) in &self.headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        builder
+            .body(Full::new(Bytes::from(self.body)))
+            .unwrap_or_else(|err| {
+                // Only an injected fault with an impossible status gets here.
+                warn!(status = self.status, error = %err, "sandbox cannot build answer");
+                let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                response
+            })
+    }
+}
