@@ -1,0 +1,213 @@
+//! Wires the pieces into the running service: the exporter, its cron jobs
+//! (tokio-cron-scheduler, one job per granularity plus discovery), the HTTP
+//! server, and shutdown on SIGINT/SIGTERM. Also the `demo` set-up: the sandbox
+//! Graph API and an exporter pointed at it, in one process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, GraphConfig, Secret, StaticFlow, TokenSource};
+use crate::exporter::Exporter;
+use crate::model::Clock;
+use crate::sandbox::{Sandbox, SandboxFlow, Traffic};
+use crate::server;
+
+/// How long in-flight polls get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the exporter until `shutdown` is cancelled: start-up poll, scheduled
+/// jobs, and the HTTP server on `listener`.
+pub async fn run(
+    exporter: Arc<Exporter>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let mut scheduler = JobScheduler::new()
+        .await
+        .context("cannot create the scheduler")?;
+    for (job, schedule) in exporter.jobs() {
+        let exporter = exporter.clone();
+        let tracker = tracker.clone();
+        let token = shutdown.clone();
+        let cron = CronJob::new_async(schedule.as_str(), move |_, _| {
+            let exporter = exporter.clone();
+            let token = token.clone();
+            // The poll runs in a task owned by `tracker`, so shutdown can wait for it.
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = exporter.run_job(job) => {}
+                    () = token.cancelled() => {}
+                }
+            });
+            Box::pin(async {})
+        })
+        .with_context(|| format!("invalid schedule `{schedule}` for {}", job.label()))?;
+        scheduler
+            .add(cron)
+            .await
+            .with_context(|| format!("cannot schedule {}", job.label()))?;
+        info!(job = job.label(), schedule = %schedule, "scheduled (UTC)");
+    }
+    scheduler
+        .start()
+        .await
+        .context("cannot start the scheduler")?;
+
+    {
+        let exporter = exporter.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                () = exporter.startup() => {}
+                () = token.cancelled() => {}
+            }
+        });
+    }
+
+    let served = server::serve(listener, exporter, shutdown.clone().cancelled_owned()).await;
+
+    if let Err(e) = scheduler.shutdown().await {
+        warn!(error = %e, "scheduler did not shut down cleanly");
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("polls still running after the grace period; abandoning them");
+    }
+    served.context("HTTP server failed")
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => info!("SIGINT received; shutting down"),
+                    _ = term.recv() => info!("SIGTERM received; shutting down"),
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+                info!("SIGINT received; shutting down");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+        info!("interrupt received; shutting down");
+    }
+    token.cancel();
+}
+
+/// `flows-exporter serve`.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let token = config.graph.token.load()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    info!(address = %config.listen, wabas = config.wabas.len(), static_flows = config.flows.len(), "serving /metrics");
+    let exporter = Exporter::new(config, token, Clock::system())?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let result = run(exporter, listener, shutdown).await;
+    signals.abort();
+    result
+}
+
+/// A flow of a WABA the demo does not list: reachable only as a `[[flows]]` entry.
+pub const DEMO_STATIC_FLOW: &str = "761204397754120";
+
+/// The sandbox the demo serves: the realistic data set plus the static flow.
+pub fn demo_sandbox(clock: Clock) -> Sandbox {
+    let sandbox = Sandbox::realistic(DEMO_TOKEN, clock);
+    sandbox.add_flow(SandboxFlow {
+        id: DEMO_STATIC_FLOW.into(),
+        name: "Partner referral".into(),
+        waba_id: "109876543210987".into(),
+        status: "PUBLISHED".into(),
+        data_api_version: "3.0".into(),
+        can_send_message: "AVAILABLE".into(),
+        traffic: Traffic::Normal { base_per_hour: 45 },
+    });
+    sandbox
+}
+
+/// The token the demo's sandbox accepts; it guards nothing real.
+pub const DEMO_TOKEN: &str = "sandbox-demo-token";
+
+/// The configuration `demo` runs with: the sandbox's two WABAs, one static flow,
+/// and the default schedules.
+pub fn demo_config(listen: std::net::SocketAddr, base_url: String) -> Config {
+    let mut config = Config::parse("[[wabas]]\nid = \"102290129340398\"\n")
+        .expect("the built-in demo config is valid");
+    config.listen = listen;
+    config.graph = GraphConfig {
+        base_url,
+        token: TokenSource::Env("FLOWS_EXPORTER_DEMO_TOKEN".into()),
+        ..config.graph
+    };
+    config.wabas = vec!["102290129340398".into(), "104996122399160".into()];
+    config.flows = vec![StaticFlow {
+        id: DEMO_STATIC_FLOW.into(),
+        name: Some("Partner referral".into()),
+    }];
+    config
+}
+
+/// `flows-exporter demo`: the sandbox Graph API and an exporter against it.
+pub async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let sandbox_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot start the sandbox Graph API")?;
+    let sandbox_addr = sandbox_listener.local_addr()?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (choose another with --listen)"))?;
+    let listen = listener.local_addr()?;
+    let config = demo_config(listen, format!("http://{sandbox_addr}"));
+    let exporter = Exporter::new(config, Secret::new(DEMO_TOKEN), Clock::system())?;
+
+    let shutdown = CancellationToken::new();
+    let sandbox = demo_sandbox(Clock::system());
+    let sandbox_task =
+        tokio::spawn(sandbox.serve(sandbox_listener, shutdown.clone().cancelled_owned()));
+    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    println!(
+        "flows-exporter demo: a sandbox Graph API with realistic data, and the exporter polling it."
+    );
+    println!();
+    println!("  metrics:        http://{listen}/metrics");
+    println!("  landing page:   http://{listen}/");
+    println!("  readiness:      http://{listen}/-/ready");
+    println!(
+        "  sandbox Graph:  http://{sandbox_addr}/v23.0/102290129340398/flows?fields=id,name,status (Authorization: Bearer {DEMO_TOKEN})"
+    );
+    println!();
+    println!("Press Ctrl-C to stop.");
+
+    let result = run(exporter, listener, shutdown.clone()).await;
+    shutdown.cancel();
+    signals.abort();
+    match sandbox_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "sandbox ended with an error"),
+        Err(e) => warn!(error = %e, "sandbox task failed"),
+    }
+    result
+}

@@ -1,0 +1,662 @@
+//! The configuration file: raw TOML (`RawConfig`, serde, unknown keys rejected) is
+//! checked once into a validated [`Config`]. Every error names the key path that is
+//! wrong and why, so `check-config` and start-up can say exactly what to fix.
+//!
+//! Defaults live here and only here; `config.toml` at the top of the repository
+//! documents them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::Granularity;
+
+/// Default listen address: a port in the 9100-9999 range Prometheus exporters use.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9878";
+pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
+pub const DEFAULT_API_VERSION: &str = "v23.0";
+pub const DEFAULT_TOKEN_ENV: &str = "WHATSAPP_ACCESS_TOKEN";
+
+/// A configuration problem: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `granularity.hour.schedule`; empty for a file-level problem.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A secret string (the access token). `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself; call only where it is sent to Graph.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where the access token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl TokenSource {
+    /// Reads the token. The error names the source, never the value.
+    pub fn load(&self) -> Result<Secret, ConfigError> {
+        match self {
+            TokenSource::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                Ok(_) => Err(err(
+                    "graph.access_token_env",
+                    format!("environment variable {var} is empty"),
+                )),
+                Err(_) => Err(err(
+                    "graph.access_token_env",
+                    format!(
+                        "environment variable {var} is not set (export the WhatsApp access token in it, or set graph.access_token_file)"
+                    ),
+                )),
+            },
+            TokenSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                Ok(_) => Err(err(
+                    "graph.access_token_file",
+                    format!("{} is empty", path.display()),
+                )),
+                Err(e) => Err(err(
+                    "graph.access_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )),
+            },
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub graph: GraphConfig,
+    pub discovery_schedule: String,
+    pub wabas: Vec<String>,
+    pub flows: Vec<StaticFlow>,
+    /// Enabled granularities only, in `Granularity::ALL` order.
+    pub granularities: Vec<GranularityConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphConfig {
+    /// Scheme and host (and optional path prefix), without a trailing slash.
+    pub base_url: String,
+    pub api_version: String,
+    pub token: TokenSource,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    pub max_retries: u32,
+    pub retry_backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticFlow {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GranularityConfig {
+    pub granularity: Granularity,
+    /// Six-field cron expression (seconds first), evaluated in UTC.
+    pub schedule: String,
+    /// A period is shown only once it ended at least this long ago.
+    pub trust_after: Duration,
+    /// How far back each query reaches (`since`); `None` lets Graph choose (LIFETIME).
+    pub lookback: Option<Duration>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| err("", format!("{e}")))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            err(key, e.into_inner().message().trim().to_owned())
+        })?;
+        raw.validate()
+    }
+
+    pub fn granularity(&self, g: Granularity) -> Option<&GranularityConfig> {
+        self.granularities.iter().find(|c| c.granularity == g)
+    }
+
+    /// Default schedule and lag knobs per granularity, matched to how the data
+    /// settles: Graph ingests with a lag of a couple of hours, so an hour is polled
+    /// once an hour and trusted three hours after it ends; a day is polled every
+    /// three hours and trusted six hours after it ends.
+    pub fn default_granularity(g: Granularity) -> GranularityConfig {
+        match g {
+            Granularity::Hour => GranularityConfig {
+                granularity: g,
+                schedule: "0 20 * * * *".into(),
+                trust_after: Duration::from_secs(3 * 3600),
+                lookback: Some(Duration::from_secs(2 * 86400)),
+            },
+            Granularity::Day => GranularityConfig {
+                granularity: g,
+                schedule: "0 35 */3 * * *".into(),
+                trust_after: Duration::from_secs(6 * 3600),
+                lookback: Some(Duration::from_secs(4 * 86400)),
+            },
+            Granularity::Lifetime => GranularityConfig {
+                granularity: g,
+                schedule: "0 50 */6 * * *".into(),
+                trust_after: Duration::ZERO,
+                lookback: None,
+            },
+        }
+    }
+}
+
+// ---- raw, as written in TOML ----
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    graph: RawGraph,
+    #[serde(default)]
+    discovery: RawDiscovery,
+    #[serde(default)]
+    wabas: Vec<RawWaba>,
+    #[serde(default)]
+    flows: Vec<RawFlow>,
+    #[serde(default)]
+    granularity: RawGranularities,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGraph {
+    base_url: Option<String>,
+    api_version: Option<String>,
+    access_token_env: Option<String>,
+    access_token_file: Option<PathBuf>,
+    timeout_seconds: Option<f64>,
+    max_concurrency: Option<i64>,
+    max_retries: Option<i64>,
+    retry_backoff_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    schedule: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWaba {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlow {
+    id: String,
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGranularities {
+    hour: Option<RawGranularity>,
+    day: Option<RawGranularity>,
+    lifetime: Option<RawGranularity>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGranularity {
+    enabled: Option<bool>,
+    schedule: Option<String>,
+    trust_after: Option<String>,
+    lookback: Option<String>,
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let listen_text = self.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            err(
+                "server.listen",
+                format!("`{listen_text}` is not a socket address like \"127.0.0.1:9878\""),
+            )
+        })?;
+
+        let graph = self.graph.validate()?;
+
+        let discovery_schedule = self
+            .discovery
+            .schedule
+            .unwrap_or_else(|| "0 5 */6 * * *".into());
+        check_cron("discovery.schedule", &discovery_schedule)?;
+
+        let mut wabas: Vec<String> = Vec::new();
+        for (i, w) in self.wabas.into_iter().enumerate() {
+            let key = format!("wabas[{i}].id");
+            check_graph_id(&key, &w.id)?;
+            if wabas.contains(&w.id) {
+                return Err(err(key, format!("WABA {} is listed twice", w.id)));
+            }
+            wabas.push(w.id);
+        }
+
+        let mut flows: Vec<StaticFlow> = Vec::new();
+        for (i, f) in self.flows.into_iter().enumerate() {
+            let key = format!("flows[{i}].id");
+            check_graph_id(&key, &f.id)?;
+            if flows.iter().any(|s| s.id == f.id) {
+                return Err(err(key, format!("flow {} is listed twice", f.id)));
+            }
+            flows.push(StaticFlow {
+                id: f.id,
+                name: f.name,
+            });
+        }
+
+        if wabas.is_empty() && flows.is_empty() {
+            return Err(err(
+                "wabas",
+                "nothing to poll: add at least one [[wabas]] id (flows are discovered) or one [[flows]] id",
+            ));
+        }
+
+        let mut granularities = Vec::new();
+        let raws = [
+            (Granularity::Hour, self.granularity.hour),
+            (Granularity::Day, self.granularity.day),
+            (Granularity::Lifetime, self.granularity.lifetime),
+        ];
+        for (g, raw) in raws {
+            let raw = raw.unwrap_or_default();
+            if raw.enabled == Some(false) {
+                continue;
+            }
+            let prefix = format!("granularity.{}", g.label());
+            let mut c = Config::default_granularity(g);
+            if let Some(s) = raw.schedule {
+                check_cron(&format!("{prefix}.schedule"), &s)?;
+                c.schedule = s;
+            }
+            if let Some(s) = raw.trust_after {
+                c.trust_after = parse_duration(&format!("{prefix}.trust_after"), &s)?;
+            }
+            if let Some(s) = raw.lookback {
+                let key = format!("{prefix}.lookback");
+                let d = parse_duration(&key, &s)?;
+                let limit = match g {
+                    Granularity::Hour => Some(30),
+                    Granularity::Day => Some(90),
+                    Granularity::Lifetime => None,
+                };
+                if let Some(days) = limit {
+                    if d > Duration::from_secs(days * 86400) {
+                        return Err(err(
+                            key,
+                            format!("Graph serves at most {days} days of {} data", g.label()),
+                        ));
+                    }
+                }
+                if d.is_zero() {
+                    return Err(err(key, "must be longer than zero"));
+                }
+                c.lookback = Some(d);
+            }
+            granularities.push(c);
+        }
+        if granularities.is_empty() {
+            return Err(err(
+                "granularity",
+                "every granularity is disabled: enable at least one of hour, day, lifetime",
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            graph,
+            discovery_schedule,
+            wabas,
+            flows,
+            granularities,
+        })
+    }
+}
+
+impl RawGraph {
+    fn validate(self) -> Result<GraphConfig, ConfigError> {
+        let base_url = self
+            .base_url
+            .unwrap_or_else(|| DEFAULT_BASE_URL.into())
+            .trim_end_matches('/')
+            .to_owned();
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://"))
+            || base_url.len() <= "https://".len()
+        {
+            return Err(err(
+                "graph.base_url",
+                format!("`{base_url}` is not an http(s) URL like \"https://graph.facebook.com\""),
+            ));
+        }
+        if reqwest::Url::parse(&base_url).is_err() {
+            return Err(err(
+                "graph.base_url",
+                format!("`{base_url}` is not a valid URL"),
+            ));
+        }
+
+        let api_version = self
+            .api_version
+            .unwrap_or_else(|| DEFAULT_API_VERSION.into());
+        let version_ok = api_version
+            .strip_prefix('v')
+            .and_then(|v| v.split_once('.'))
+            .is_some_and(|(major, minor)| {
+                !major.is_empty()
+                    && !minor.is_empty()
+                    && major.bytes().all(|b| b.is_ascii_digit())
+                    && minor.bytes().all(|b| b.is_ascii_digit())
+            });
+        if !version_ok {
+            return Err(err(
+                "graph.api_version",
+                format!("`{api_version}` is not a Graph API version like \"v23.0\""),
+            ));
+        }
+
+        let token = match (self.access_token_env, self.access_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "graph.access_token_file",
+                    "set either graph.access_token_env or graph.access_token_file, not both",
+                ));
+            }
+            (None, Some(path)) => TokenSource::File(path),
+            (Some(var), None) if var.trim().is_empty() => {
+                return Err(err("graph.access_token_env", "must not be empty"));
+            }
+            (Some(var), None) => TokenSource::Env(var),
+            (None, None) => TokenSource::Env(DEFAULT_TOKEN_ENV.into()),
+        };
+
+        let timeout_seconds = self.timeout_seconds.unwrap_or(30.0);
+        if !(timeout_seconds > 0.0 && timeout_seconds <= 600.0) {
+            return Err(err(
+                "graph.timeout_seconds",
+                "must be more than 0 and at most 600",
+            ));
+        }
+        let max_concurrency = self.max_concurrency.unwrap_or(4);
+        if !(1..=64).contains(&max_concurrency) {
+            return Err(err("graph.max_concurrency", "must be between 1 and 64"));
+        }
+        let max_retries = self.max_retries.unwrap_or(3);
+        if !(0..=10).contains(&max_retries) {
+            return Err(err("graph.max_retries", "must be between 0 and 10"));
+        }
+        let retry_backoff_seconds = self.retry_backoff_seconds.unwrap_or(2.0);
+        if !(0.0..=300.0).contains(&retry_backoff_seconds) {
+            return Err(err(
+                "graph.retry_backoff_seconds",
+                "must be between 0 and 300",
+            ));
+        }
+
+        Ok(GraphConfig {
+            base_url,
+            api_version,
+            token,
+            timeout: Duration::from_secs_f64(timeout_seconds),
+            max_concurrency: max_concurrency as usize,
+            max_retries: max_retries as u32,
+            retry_backoff: Duration::from_secs_f64(retry_backoff_seconds),
+        })
+    }
+}
+
+/// Graph object ids are decimal numbers; anything else would be sent into a URL path.
+fn check_graph_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err(
+            key,
+            format!("`{id}` is not a Graph object id (digits only)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_cron(key: &str, expr: &str) -> Result<(), ConfigError> {
+    let fields = expr.split_whitespace().count();
+    if fields != 6 {
+        return Err(err(
+            key,
+            format!(
+                "`{expr}` has {fields} fields; write six: second minute hour day-of-month month day-of-week (UTC)"
+            ),
+        ));
+    }
+    // Parse it exactly as the scheduler will.
+    tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
+        .map(|_| ())
+        .map_err(|_| err(key, format!("`{expr}` is not a valid cron expression")))
+}
+
+/// Parses durations like `90s`, `45m`, `3h`, `2d`, `1h30m`.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        err(
+            key,
+            format!("`{text}` is not a duration like \"90m\", \"3h\" or \"2d\""),
+        )
+    };
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_err(text: &str, key: &str, needle: &str) {
+        let e = Config::parse(text).expect_err("config should be rejected");
+        assert_eq!(e.key, key, "wrong key in {e}");
+        assert!(
+            e.message.contains(needle),
+            "message `{}` lacks `{needle}`",
+            e.message
+        );
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("[[wabas]]\nid = \"123\"\n").expect("valid");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.graph.base_url, DEFAULT_BASE_URL);
+        assert_eq!(c.graph.token, TokenSource::Env(DEFAULT_TOKEN_ENV.into()));
+        assert_eq!(c.granularities.len(), 3);
+        assert_eq!(
+            c.granularity(Granularity::Hour).map(|g| g.trust_after),
+            Some(Duration::from_secs(3 * 3600))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        check_err(
+            "[server]\nlisten = \"nope\"\n[[wabas]]\nid=\"1\"",
+            "server.listen",
+            "socket address",
+        );
+        check_err(
+            "[graph]\ntimeout_seconds = 0\n[[wabas]]\nid=\"1\"",
+            "graph.timeout_seconds",
+            "more than 0",
+        );
+        check_err(
+            "[graph]\ntimeout_seconds = \"x\"\n[[wabas]]\nid=\"1\"",
+            "graph.timeout_seconds",
+            "invalid type",
+        );
+        check_err(
+            "[graph]\nbogus = 1\n[[wabas]]\nid=\"1\"",
+            "graph.bogus",
+            "unknown field `bogus`",
+        );
+        check_err("[[wabas]]\nid = \"12a\"", "wabas[0].id", "digits only");
+        check_err(
+            "[[flows]]\nid = \"1\"\n[[flows]]\nid = \"1\"",
+            "flows[1].id",
+            "twice",
+        );
+        check_err("", "wabas", "nothing to poll");
+        check_err(
+            "[[wabas]]\nid=\"1\"\n[granularity.hour]\nschedule = \"* * * *\"",
+            "granularity.hour.schedule",
+            "six",
+        );
+        check_err(
+            "[[wabas]]\nid=\"1\"\n[granularity.hour]\nschedule = \"0 99 * * * *\"",
+            "granularity.hour.schedule",
+            "not a valid cron",
+        );
+        check_err(
+            "[[wabas]]\nid=\"1\"\n[granularity.day]\nlookback = \"120d\"",
+            "granularity.day.lookback",
+            "90 days",
+        );
+        check_err(
+            "[[wabas]]\nid=\"1\"\n[granularity.day]\ntrust_after = \"3 hours\"",
+            "granularity.day.trust_after",
+            "not a duration",
+        );
+        check_err(
+            "[[wabas]]\nid=\"1\"\n[granularity.weekly]\nenabled = true",
+            "granularity.weekly",
+            "unknown field `weekly`",
+        );
+        check_err(
+            "[graph]\napi_version = \"23\"\n[[wabas]]\nid=\"1\"",
+            "graph.api_version",
+            "v23.0",
+        );
+        check_err(
+            "[graph]\naccess_token_env = \"A\"\naccess_token_file = \"/x\"\n[[wabas]]\nid=\"1\"",
+            "graph.access_token_file",
+            "not both",
+        );
+    }
+
+    #[test]
+    fn toml_syntax_error_is_reported() {
+        let e = Config::parse("[server\nlisten=1").expect_err("bad toml");
+        assert!(e.message.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("k", "90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("k", "1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("k", "2d"), Ok(Duration::from_secs(172800)));
+        assert!(parse_duration("k", "5").is_err());
+        assert!(parse_duration("k", "h").is_err());
+        assert!(parse_duration("k", "").is_err());
+    }
+
+    #[test]
+    fn secret_is_redacted() {
+        let s = Secret::new("EAAG-secret-token");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+    }
+
+    #[test]
+    fn disabled_granularity_is_left_out() {
+        let c = Config::parse("[[wabas]]\nid=\"1\"\n[granularity.lifetime]\nenabled = false")
+            .expect("valid");
+        assert!(c.granularity(Granularity::Lifetime).is_none());
+        assert!(c.granularity(Granularity::Day).is_some());
+    }
+}

@@ -1,0 +1,546 @@
+//! Renders a [`Snapshot`] into the Prometheus text format with the `prometheus`
+//! crate's data model and encoder, once per poll, and keeps the result ready to
+//! serve: the text and a pre-compressed gzip prefix (see [`Rendered`]).
+//!
+//! Also home of the pure flattening of Graph answers into samples: the per-bucket
+//! latency counts into a cumulative histogram.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use flate2::{Compress, Compression, FlushCompress, Status};
+use prometheus::TextEncoder;
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+
+use crate::model::{Granularity, MetricKind};
+use crate::snapshot::{CellStatus, Snapshot};
+
+const CACHED: &str = "Cached: refreshed when a poll of the Flows Metrics API ends, not on scrape, because Graph data lags hours and calls are rate limited.";
+const LATENCY: &str = "whatsapp_flows_endpoint_request_latency_seconds";
+
+/// The error types Meta documents; a period's answer lists only the non-zero
+/// ones, so the missing ones are shown as 0.
+pub const KNOWN_ERROR_TYPES: [&str; 4] = [
+    "cannot_be_served",
+    "no_http_response_error",
+    "timeout_error",
+    "unexpected_http_status_code",
+];
+
+/// Cumulative latency buckets built from per-bucket ceil-second counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyHistogram {
+    /// `(le, cumulative count)` for le = 1..=10 seconds.
+    pub buckets: Vec<(f64, u64)>,
+    /// Every request, the `+Inf` bucket and `_count`.
+    pub count: u64,
+}
+
+/// Flattens `ENDPOINT_REQUEST_LATENCY_SECONDS_CEIL` data: key `"n"` (1..=10) holds
+/// requests that took more than n-1 and at most n seconds; `"10+"` holds the rest
+/// and goes only into `+Inf`. Missing keys are zero. Any other key, or a count
+/// that is not a whole number, is an error: the answer is not what Meta documents.
+pub fn latency_histogram(values: &[(String, f64)]) -> Result<LatencyHistogram, String> {
+    let mut per_bucket = [0u64; 10];
+    let mut over: u64 = 0;
+    for (key, v) in values {
+        if v.fract() != 0.0 || *v < 0.0 || *v > 1e15 {
+            return Err(format!(
+                "latency bucket `{key}` has a count that is not a whole number: {v}"
+            ));
+        }
+        let n = *v as u64;
+        match key.as_str() {
+            "10+" => over += n,
+            k => match k.parse::<usize>() {
+                Ok(i @ 1..=10) => per_bucket[i - 1] += n,
+                _ => return Err(format!("unknown latency bucket key `{key}`")),
+            },
+        }
+    }
+    let mut cumulative = 0u64;
+    let buckets = per_bucket
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            cumulative += n;
+            ((i + 1) as f64, cumulative)
+        })
+        .collect();
+    Ok(LatencyHistogram {
+        buckets,
+        count: cumulative + over,
+    })
+}
+
+/// A metric family under construction.
+struct Family(MetricFamily);
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+        let mut mf = MetricFamily::default();
+        mf.set_name(name.to_owned());
+        mf.set_help(help.to_owned());
+        mf.set_field_type(kind);
+        Family(mf)
+    }
+
+    fn metric(labels: &[(&str, &str)]) -> Metric {
+        let pairs = labels
+            .iter()
+            .map(|(k, v)| {
+                let mut p = LabelPair::default();
+                p.set_name((*k).to_owned());
+                p.set_value((*v).to_owned());
+                p
+            })
+            .collect();
+        Metric::from_label(pairs)
+    }
+
+    fn gauge(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut m = Family::metric(labels);
+        let mut g = Gauge::default();
+        g.set_value(value);
+        m.set_gauge(g);
+        self.0.mut_metric().push(m);
+    }
+
+    fn counter(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut m = Family::metric(labels);
+        let mut c = Counter::default();
+        c.set_value(value);
+        m.set_counter(c);
+        self.0.mut_metric().push(m);
+    }
+
+    fn histogram(&mut self, labels: &[(&str, &str)], h: &LatencyHistogram) {
+        let mut m = Family::metric(labels);
+        let mut ph = Histogram::default();
+        ph.set_bucket(
+            h.buckets
+                .iter()
+                .map(|(le, c)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(*le);
+                    b.set_cumulative_count(*c);
+                    b
+                })
+                .collect(),
+        );
+        ph.set_sample_count(h.count);
+        m.set_histogram(ph);
+        self.0.mut_metric().push(m);
+    }
+}
+
+fn unix(t: DateTime<Utc>) -> f64 {
+    t.timestamp() as f64
+}
+
+/// The single value of REQUEST_COUNT and ERROR_RATE: key `value`, or the only key.
+fn single_value(values: &[(String, f64)]) -> Option<f64> {
+    values
+        .iter()
+        .find(|(k, _)| k == "value")
+        .or(if values.len() == 1 {
+            values.first()
+        } else {
+            None
+        })
+        .map(|(_, v)| *v)
+}
+
+/// Renders the per-flow part of `/metrics`.
+pub fn render(snapshot: &Snapshot, granularities: &[Granularity]) -> String {
+    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+    let help = |s: &str| format!("{s} {CACHED}");
+    let mut info = Family::new(
+        "whatsapp_flows_flow_info",
+        &help(
+            "Always 1 for every flow discovered in a configured WABA or listed in the config; labels carry its name, WABA, status, health (can_send_message) and how it is known (source).",
+        ),
+        GAUGE,
+    );
+    let mut requests = Family::new(
+        "whatsapp_flows_endpoint_requests",
+        &help(
+            "Requests Meta sent to the flow's endpoint in the period whose start is whatsapp_flows_data_period_start_timestamp_seconds (a per-period value, not a counter).",
+        ),
+        GAUGE,
+    );
+    let mut errors = Family::new(
+        "whatsapp_flows_endpoint_request_errors",
+        &help(
+            "Failed endpoint requests in the period, by Meta's error_type (a per-period value, not a counter).",
+        ),
+        GAUGE,
+    );
+    let mut ratio = Family::new(
+        "whatsapp_flows_endpoint_request_error_ratio",
+        &help(
+            "Failed endpoint requests divided by all endpoint requests in the period, 0 to 1, as Meta computes it.",
+        ),
+        GAUGE,
+    );
+    let mut latency = Family::new(
+        LATENCY,
+        &help(
+            "Endpoint request latency in the period as Meta reports it, in whole seconds rounded up; a per-period snapshot, never rate() it. The sum is unknown and not published.",
+        ),
+        HISTOGRAM,
+    );
+    let mut availability = Family::new(
+        "whatsapp_flows_endpoint_availability_checks",
+        &help(
+            "Meta's periodic endpoint availability checks in the period, by result (succeeded or failed); only flows with data_api_version 3.0 or later have them.",
+        ),
+        GAUGE,
+    );
+    let mut period_start = Family::new(
+        "whatsapp_flows_data_period_start_timestamp_seconds",
+        &help(
+            "Unix time at which the period shown for each metric begins: the newest period that has ended and settled (LIFETIME: its single point).",
+        ),
+        GAUGE,
+    );
+    let mut insufficient = Family::new(
+        "whatsapp_flows_insufficient_data",
+        &help(
+            "1 while Graph answers error 139006 (the flow had fewer than 250 endpoint requests) for this metric, else 0; no values are shown then.",
+        ),
+        GAUGE,
+    );
+    let mut stale = Family::new(
+        "whatsapp_flows_data_stale",
+        &help(
+            "1 when the last poll of this metric failed and the values shown are the last good ones from an earlier poll, else 0.",
+        ),
+        GAUGE,
+    );
+    let mut last_success = Family::new(
+        "whatsapp_flows_exporter_last_success_timestamp_seconds",
+        &help(
+            "Unix time at which Graph last answered this flow, metric and granularity (with data or 139006).",
+        ),
+        GAUGE,
+    );
+    let mut failing = Family::new(
+        "whatsapp_flows_exporter_flow_failing_metrics",
+        &help(
+            "Number of this flow's metrics (over all granularities) whose last poll failed, by error class; absent when none fails.",
+        ),
+        GAUGE,
+    );
+    let mut errors_total = Family::new(
+        "whatsapp_flows_exporter_flow_errors_total",
+        &help(
+            "Failed Graph calls for this flow by error class since the exporter started (139006 is not counted: it is a state, see whatsapp_flows_insufficient_data).",
+        ),
+        COUNTER,
+    );
+    let mut waba_success = Family::new(
+        "whatsapp_flows_exporter_discovery_last_success_timestamp_seconds",
+        &help("Unix time at which the flows of this WABA were last listed successfully."),
+        GAUGE,
+    );
+    let mut discovered = Family::new(
+        "whatsapp_flows_exporter_discovered_flows",
+        &help(
+            "Flows known per WABA (empty waba_id: configured flows discovery did not find) and status.",
+        ),
+        GAUGE,
+    );
+
+    let mut per_status: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for f in snapshot.flows.values() {
+        let source = match f.source {
+            crate::model::FlowSource::Discovered => "discovered",
+            crate::model::FlowSource::Static => "static",
+        };
+        info.gauge(
+            &[
+                ("flow_id", &f.id),
+                ("flow_name", &f.name),
+                ("waba_id", &f.waba_id),
+                ("status", f.status.as_str()),
+                ("can_send_message", &f.can_send_message),
+                ("data_api_version", &f.data_api_version),
+                ("source", source),
+            ],
+            1.0,
+        );
+        *per_status
+            .entry((&f.waba_id, f.status.as_str()))
+            .or_default() += 1;
+    }
+    for ((waba, status), n) in per_status {
+        discovered.gauge(&[("waba_id", waba), ("status", status)], n as f64);
+    }
+    for (waba, state) in &snapshot.wabas {
+        if let Some(t) = state.last_success {
+            waba_success.gauge(&[("waba_id", waba)], unix(t));
+        }
+    }
+
+    let mut failing_count: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for g in granularities {
+        let Some(cells) = snapshot.cells.get(g) else {
+            continue;
+        };
+        let gl = g.label();
+        for ((flow_id, metric), cell) in cells {
+            let ml = metric.label();
+            let cell_labels = [
+                ("flow_id", flow_id.as_str()),
+                ("granularity", gl),
+                ("metric", ml),
+            ];
+            insufficient.gauge(
+                &cell_labels,
+                f64::from(u8::from(cell.status == CellStatus::InsufficientData)),
+            );
+            stale.gauge(&cell_labels, f64::from(u8::from(cell.is_stale())));
+            if let Some(t) = cell.last_success {
+                last_success.gauge(&cell_labels, unix(t));
+            }
+            if let CellStatus::Failed(class) = cell.status {
+                *failing_count.entry((flow_id, class.label())).or_default() += 1;
+            }
+            let Some(point) = &cell.shown else { continue };
+            period_start.gauge(&cell_labels, unix(point.start));
+            let labels = [("flow_id", flow_id.as_str()), ("granularity", gl)];
+            match metric {
+                MetricKind::RequestCount => {
+                    if let Some(v) = single_value(&point.values) {
+                        requests.gauge(&labels, v);
+                    }
+                }
+                MetricKind::RequestErrorRate => {
+                    if let Some(v) = single_value(&point.values) {
+                        ratio.gauge(&labels, v);
+                    }
+                }
+                MetricKind::RequestError => {
+                    let mut by_type: BTreeMap<&str, f64> =
+                        KNOWN_ERROR_TYPES.iter().map(|t| (*t, 0.0)).collect();
+                    for (k, v) in &point.values {
+                        *by_type.entry(k).or_default() += v;
+                    }
+                    for (t, v) in by_type {
+                        errors.gauge(&[labels[0], labels[1], ("error_type", t)], v);
+                    }
+                }
+                MetricKind::LatencySecondsCeil => {
+                    // Validated when polled; an invalid one never becomes `shown`.
+                    if let Ok(h) = latency_histogram(&point.values) {
+                        latency.histogram(&labels, &h);
+                    }
+                }
+                MetricKind::Availability => {
+                    let get = |k: &str| {
+                        point
+                            .values
+                            .iter()
+                            .filter(|(key, _)| key == k)
+                            .fold(0.0, |sum, (_, v)| sum + v)
+                    };
+                    for result in ["failed", "succeeded"] {
+                        availability
+                            .gauge(&[labels[0], labels[1], ("result", result)], get(result));
+                    }
+                }
+            }
+        }
+    }
+    for ((flow_id, class), n) in failing_count {
+        failing.gauge(&[("flow_id", flow_id), ("class", class)], n as f64);
+    }
+    for ((flow_id, class), n) in &snapshot.errors_total {
+        errors_total.counter(&[("flow_id", flow_id), ("class", class.label())], *n as f64);
+    }
+
+    let families = [
+        info,
+        requests,
+        errors,
+        ratio,
+        latency,
+        availability,
+        period_start,
+        insufficient,
+        stale,
+        last_success,
+        failing,
+        errors_total,
+        waba_success,
+        discovered,
+    ];
+    let encoder = TextEncoder::new();
+    let mut out = String::with_capacity(256 * 1024);
+    let mut scratch = String::new();
+    for family in families {
+        let family = family.0;
+        if family.get_metric().is_empty() {
+            continue;
+        }
+        let is_latency = family.name() == LATENCY;
+        scratch.clear();
+        if let Err(e) = encoder.encode_utf8(&[family], &mut scratch) {
+            tracing::error!(error = %e, "cannot encode flow metrics");
+            continue;
+        }
+        if !is_latency {
+            out.push_str(&scratch);
+            continue;
+        }
+        // The crate's encoder always writes `_sum`, but Meta does not report the
+        // sum of latencies and it cannot be derived from ceil-second buckets, so
+        // those lines are dropped rather than published as a made-up number.
+        let sum_prefix = format!("{LATENCY}_sum");
+        for line in scratch.lines().filter(|l| !l.starts_with(&sum_prefix)) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A rendered per-flow exposition, ready to serve many times: the text, and the
+/// same text as the start of a gzip stream (raw deflate, sync-flushed, no final
+/// block) with its CRC, so a scrape that asks for gzip compresses only the small
+/// live part and appends it (see [`Rendered::gzip_with`]).
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub text: bytes::Bytes,
+    deflated: bytes::Bytes,
+    crc: crc32fast::Hasher,
+}
+
+impl Rendered {
+    pub fn new(text: String) -> Rendered {
+        // A sync flush ends the output on a byte boundary without a final block,
+        // so more deflate blocks can follow it.
+        let deflated = deflate(text.as_bytes(), FlushCompress::Sync, Vec::new());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(text.as_bytes());
+        Rendered {
+            text: text.into(),
+            deflated: deflated.into(),
+            crc,
+        }
+    }
+
+    pub fn empty() -> Rendered {
+        Rendered::new(String::new())
+    }
+
+    /// `text` followed by `tail`, as one gzip member (RFC 1952).
+    pub fn gzip_with(&self, tail: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.deflated.len() + tail.len() / 4 + 1024);
+        // Header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
+        out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+        out.extend_from_slice(&self.deflated);
+        let mut out = deflate(tail, FlushCompress::Finish, out);
+        let mut crc = self.crc.clone();
+        let mut tail_crc = crc32fast::Hasher::new();
+        tail_crc.update(tail);
+        crc.combine(&tail_crc);
+        out.extend_from_slice(&crc.finalize().to_le_bytes());
+        let total = (self.text.len() + tail.len()) as u32; // ISIZE is the length mod 2^32
+        out.extend_from_slice(&total.to_le_bytes());
+        out
+    }
+}
+
+/// Raw-deflates `data` onto `out`, ending with `flush` (Sync: byte-aligned, more
+/// may follow; Finish: final block). Loops until the compressor has no more
+/// output, which a single call does not guarantee when `out` fills up.
+fn deflate(data: &[u8], flush: FlushCompress, mut out: Vec<u8>) -> Vec<u8> {
+    let mut c = Compress::new(Compression::fast(), false);
+    loop {
+        if out.capacity() - out.len() < 4096 {
+            out.reserve(out.capacity().max(data.len() / 4).max(4096));
+        }
+        let consumed = c.total_in() as usize;
+        let status = c.compress_vec(&data[consumed..], &mut out, flush);
+        let done = match status {
+            Ok(Status::StreamEnd) => true,
+            // Output stops short of the buffer's end only when all is flushed.
+            Ok(_) => {
+                flush == FlushCompress::Sync
+                    && c.total_in() as usize == data.len()
+                    && out.len() < out.capacity()
+            }
+            Err(_) => true, // cannot happen with a valid compressor; never loop forever
+        };
+        if done {
+            return out;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn kv(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    #[test]
+    fn latency_buckets_from_the_docs_example() {
+        let h = latency_histogram(&kv(&[
+            ("1", 410.0),
+            ("3", 61.0),
+            ("10", 2.0),
+            ("10+", 33.0),
+        ]))
+        .expect("valid");
+        let cumulative: Vec<u64> = h.buckets.iter().map(|(_, c)| *c).collect();
+        assert_eq!(
+            cumulative,
+            vec![410, 410, 471, 471, 471, 471, 471, 471, 471, 473]
+        );
+        assert_eq!(h.buckets[9].0, 10.0);
+        assert_eq!(h.count, 506, "+Inf holds the 10+ requests too");
+    }
+
+    #[test]
+    fn latency_rejects_what_meta_does_not_document() {
+        assert!(latency_histogram(&kv(&[("11", 1.0)])).is_err());
+        assert!(latency_histogram(&kv(&[("0", 1.0)])).is_err());
+        assert!(latency_histogram(&kv(&[("fast", 1.0)])).is_err());
+        assert!(latency_histogram(&kv(&[("2", 1.5)])).is_err());
+        let empty = latency_histogram(&[]).expect("no keys is zero everywhere");
+        assert_eq!(empty.count, 0);
+    }
+
+    #[test]
+    fn gzip_prefix_plus_tail_is_one_valid_member() {
+        let text: String = (0..50_000)
+            .map(|i| format!("series_{i}{{flow_id=\"{i}\"}} {i}\n"))
+            .collect();
+        let rendered = Rendered::new(text.clone());
+        let tail = b"# HELP live Live.\n# TYPE live gauge\nlive 1\n";
+        let gz = rendered.gzip_with(tail);
+        // A single-member decoder must see everything: no concatenated members.
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut out)
+            .expect("valid gzip (CRC and length checked)");
+        assert_eq!(
+            out,
+            format!("{text}{}", std::str::from_utf8(tail).expect("utf8"))
+        );
+        let empty = Rendered::empty().gzip_with(b"");
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&empty[..])
+            .read_to_string(&mut out)
+            .expect("valid empty gzip");
+        assert_eq!(out, "");
+    }
+}

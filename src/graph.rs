@@ -1,0 +1,502 @@
+//! The only module that talks to the Graph API: listing a WABA's flows (following
+//! paging against the configured base URL) and fetching one metric of one flow.
+//!
+//! Every answer's rate-limit headers are recorded; every call is counted by
+//! endpoint and outcome; transient failures and throttling are retried with
+//! bounded, jittered backoff. When Graph throttles for longer than a poll should
+//! wait, the client pauses itself and answers `Throttled` without calling Graph
+//! until the pause ends, because further calls would only extend the penalty.
+
+pub mod wire;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use reqwest::Url;
+use tracing::{debug, info};
+
+use crate::config::{GraphConfig, Secret};
+use crate::model::{DataPoint, Flow, Granularity, MetricKind};
+use crate::telemetry::Telemetry;
+
+/// The largest answer body read; anything bigger is refused as malformed.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// The longest a single call waits for throttling to clear before giving up and
+/// pausing the client instead.
+const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(60);
+/// A listing longer than this many pages is treated as a paging loop.
+const MAX_PAGES: usize = 1000;
+const FLOW_FIELDS: &str = "id,name,status,categories,data_api_version,endpoint_uri,health_status";
+
+/// What kind of failure a Graph call ended in; decides what the exporter does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorClass {
+    /// 139006: fewer than 250 requests; a state of the flow, not a failure.
+    InsufficientData,
+    /// 190: the access token is invalid or expired.
+    Token,
+    /// 10, 200-299: a permission is missing.
+    Permission,
+    /// 4, 17, 32, 613, 80007, 80008.
+    Throttled,
+    /// 100 on the `metric` field: the Metrics API is not served in this version.
+    ApiGone,
+    /// 100 otherwise, e.g. the flow does not exist.
+    InvalidRequest,
+    /// 1, 2, `is_transient`, or a 5xx.
+    Transient,
+    /// Connection refused, reset, timed out.
+    Network,
+    /// An answer that is not what Graph documents.
+    Malformed,
+    /// A Graph error code this exporter does not know.
+    Unknown,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 10] = [
+        ErrorClass::InsufficientData,
+        ErrorClass::Token,
+        ErrorClass::Permission,
+        ErrorClass::Throttled,
+        ErrorClass::ApiGone,
+        ErrorClass::InvalidRequest,
+        ErrorClass::Transient,
+        ErrorClass::Network,
+        ErrorClass::Malformed,
+        ErrorClass::Unknown,
+    ];
+
+    /// Label value used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorClass::InsufficientData => "insufficient_data",
+            ErrorClass::Token => "token",
+            ErrorClass::Permission => "permission",
+            ErrorClass::Throttled => "throttled",
+            ErrorClass::ApiGone => "api_gone",
+            ErrorClass::InvalidRequest => "invalid_request",
+            ErrorClass::Transient => "transient",
+            ErrorClass::Network => "network",
+            ErrorClass::Malformed => "malformed",
+            ErrorClass::Unknown => "unknown",
+        }
+    }
+
+    fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Transient | ErrorClass::Network | ErrorClass::Throttled
+        )
+    }
+
+    /// Whether every further call in this poll would fail the same way, so the
+    /// poll should stop calling Graph.
+    pub fn halts_poll(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Token | ErrorClass::ApiGone | ErrorClass::Throttled
+        )
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A failed Graph call, classified. Never carries the access token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphError {
+    pub class: ErrorClass,
+    pub code: Option<i64>,
+    pub subcode: Option<i64>,
+    pub message: String,
+    pub fbtrace_id: Option<String>,
+    pub http_status: Option<u16>,
+    /// For throttling: how long Graph says to wait.
+    pub regain_after: Option<Duration>,
+}
+
+impl GraphError {
+    pub fn malformed(message: impl Into<String>) -> GraphError {
+        GraphError::new(ErrorClass::Malformed, message)
+    }
+
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> GraphError {
+        GraphError {
+            class,
+            code: None,
+            subcode: None,
+            message: message.into(),
+            fbtrace_id: None,
+            http_status: None,
+            regain_after: None,
+        }
+    }
+}
+
+impl fmt::Display for GraphError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.class)?;
+        if let Some(code) = self.code {
+            write!(f, " (code {code}")?;
+            if let Some(sub) = self.subcode {
+                write!(f, ", subcode {sub}")?;
+            }
+            write!(f, ")")?;
+        }
+        if let Some(status) = self.http_status {
+            write!(f, " HTTP {status}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(t) = &self.fbtrace_id {
+            write!(f, " [fbtrace_id {t}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for GraphError {}
+
+/// The Graph endpoints the exporter calls, as the `endpoint` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Flows,
+    Metric,
+}
+
+impl Endpoint {
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Flows => "flows",
+            Endpoint::Metric => "metric",
+        }
+    }
+}
+
+/// A Graph API client bound to one base URL, version and token.
+pub struct GraphClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_version: String,
+    token: Secret,
+    max_retries: u32,
+    retry_backoff: Duration,
+    telemetry: Arc<Telemetry>,
+    paused_until: Mutex<Option<Instant>>,
+    served_version: Mutex<Option<String>>,
+}
+
+impl fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("base_url", &self.base_url)
+            .field("api_version", &self.api_version)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphClient {
+    pub fn new(
+        cfg: &GraphConfig,
+        token: Secret,
+        telemetry: Arc<Telemetry>,
+    ) -> anyhow::Result<GraphClient> {
+        // reqwest is built without a bundled crypto provider; install ring once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("flows-exporter/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(cfg.max_concurrency)
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+        Ok(GraphClient {
+            http,
+            base_url: cfg.base_url.clone(),
+            api_version: cfg.api_version.clone(),
+            token,
+            max_retries: cfg.max_retries,
+            retry_backoff: cfg.retry_backoff,
+            telemetry,
+            paused_until: Mutex::new(None),
+            served_version: Mutex::new(None),
+        })
+    }
+
+    /// Lists every flow of a WABA, following `paging.next` cursors against the
+    /// configured base URL until Graph gives no next page.
+    pub async fn list_flows(&self, waba_id: &str) -> Result<Vec<Flow>, GraphError> {
+        let mut flows = Vec::new();
+        let mut after: Option<String> = None;
+        let mut seen_cursors = std::collections::HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let mut url = self.url(&format!("{waba_id}/flows"))?;
+            url.query_pairs_mut().append_pair("fields", FLOW_FIELDS);
+            if let Some(a) = &after {
+                url.query_pairs_mut().append_pair("after", a);
+            }
+            let page = self
+                .call(Endpoint::Flows, url, |body| {
+                    wire::parse_flows_page(body, waba_id)
+                })
+                .await?;
+            flows.extend(page.flows);
+            match page.next_after {
+                Some(next) if seen_cursors.insert(next.clone()) => after = Some(next),
+                Some(_) => {
+                    return Err(GraphError::malformed(
+                        "flow listing repeats a paging cursor (paging loop)",
+                    ));
+                }
+                None => return Ok(flows),
+            }
+        }
+        Err(GraphError::malformed(format!(
+            "flow listing has more than {MAX_PAGES} pages"
+        )))
+    }
+
+    /// Fetches one metric of one flow for one granularity, from `since` on.
+    pub async fn fetch_metric(
+        &self,
+        flow_id: &str,
+        metric: MetricKind,
+        granularity: Granularity,
+        since: Option<NaiveDate>,
+    ) -> Result<Vec<DataPoint>, GraphError> {
+        let mut fields = format!(
+            "metric.name({}).granularity({})",
+            metric.api_name(),
+            granularity.api_name()
+        );
+        if let Some(s) = since {
+            fields.push_str(&format!(".since({})", s.format("%Y-%m-%d")));
+        }
+        let mut url = self.url(flow_id)?;
+        url.query_pairs_mut().append_pair("fields", &fields);
+        self.call(Endpoint::Metric, url, |body| {
+            wire::parse_metric_answer(body, metric, granularity)
+        })
+        .await
+    }
+
+    fn url(&self, path: &str) -> Result<Url, GraphError> {
+        Url::parse(&format!("{}/{}/{}", self.base_url, self.api_version, path))
+            .map_err(|e| GraphError::new(ErrorClass::InvalidRequest, format!("bad URL: {e}")))
+    }
+
+    /// How long the client stays paused after throttling, if it is.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let guard = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        guard.and_then(|until| until.checked_duration_since(Instant::now()))
+    }
+
+    fn pause(&self, d: Duration) {
+        let mut guard = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        let until = Instant::now() + d;
+        if guard.is_none_or(|u| u < until) {
+            *guard = Some(until);
+        }
+    }
+
+    /// One logical call: attempts with retries, telemetry for each attempt.
+    async fn call<T>(
+        &self,
+        endpoint: Endpoint,
+        url: Url,
+        parse: impl Fn(&[u8]) -> Result<T, GraphError>,
+    ) -> Result<T, GraphError> {
+        let mut attempt: u32 = 0;
+        loop {
+            if let Some(left) = self.paused_for() {
+                self.telemetry.call_saved("throttle_pause");
+                let mut e = GraphError::new(
+                    ErrorClass::Throttled,
+                    format!(
+                        "not calling Graph: paused after throttling for {}s more",
+                        left.as_secs()
+                    ),
+                );
+                e.regain_after = Some(left);
+                return Err(e);
+            }
+            let started = Instant::now();
+            let result = match self.attempt(&url).await {
+                Ok(body) => parse(&body),
+                Err(e) => Err(e),
+            };
+            let result = result.map_err(|e| self.redact(e));
+            let outcome = match &result {
+                Ok(_) => "success",
+                Err(e) => e.class.label(),
+            };
+            self.telemetry
+                .observe_request(endpoint.label(), outcome, started.elapsed());
+            let e = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            debug!(endpoint = endpoint.label(), path = url.path(), attempt, error = %e, "graph call failed");
+            if !e.class.is_retryable() {
+                return Err(e);
+            }
+            let backoff = self.backoff(attempt);
+            let wait = match (e.class, e.regain_after) {
+                (ErrorClass::Throttled, Some(regain)) => regain.max(backoff),
+                _ => backoff,
+            };
+            if attempt >= self.max_retries || wait > MAX_IN_CALL_WAIT {
+                if e.class == ErrorClass::Throttled {
+                    self.pause(wait);
+                }
+                return Err(e);
+            }
+            self.telemetry.retry(endpoint.label());
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// Exponential backoff with up to 50 % jitter: backoff * 2^attempt * [0.5, 1].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.retry_backoff.saturating_mul(1 << attempt.min(10));
+        let nanos = Instant::now().elapsed().as_nanos() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() as u64)
+                .unwrap_or(0);
+        let jitter = 0.5 + (nanos % 1000) as f64 / 2000.0;
+        base.mul_f64(jitter)
+    }
+
+    /// One HTTP exchange: status, headers, capped body.
+    async fn attempt(&self, url: &Url) -> Result<bytes::Bytes, GraphError> {
+        let response = self
+            .http
+            .get(url.clone())
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| GraphError::new(ErrorClass::Network, network_message(&e)))?;
+        let status = response.status().as_u16();
+        let regain = self.record_headers(response.headers());
+        let body = read_capped(response).await?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let mut e = wire::parse_error(status, &body);
+        if e.class == ErrorClass::Throttled {
+            e.regain_after = regain;
+        }
+        Err(e)
+    }
+
+    /// Records rate-limit usage and the served API version; returns the longest
+    /// `estimated_time_to_regain_access`, if any is above zero.
+    fn record_headers(&self, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+        let mut regain: Option<Duration> = None;
+        if let Some(u) = headers
+            .get("x-app-usage")
+            .and_then(|v| v.to_str().ok())
+            .and_then(wire::parse_app_usage)
+        {
+            self.telemetry.record_usage(&u);
+        }
+        if let Some(h) = headers
+            .get("x-business-use-case-usage")
+            .and_then(|v| v.to_str().ok())
+        {
+            for u in wire::parse_business_usage(h) {
+                self.telemetry.record_usage(&u);
+                if let Some(m) = u.regain_minutes.filter(|m| *m > 0.0) {
+                    let d = Duration::from_secs_f64(m.min(24.0 * 60.0) * 60.0);
+                    regain = Some(regain.map_or(d, |r| r.max(d)));
+                }
+            }
+        }
+        if let Some(v) = headers
+            .get("facebook-api-version")
+            .and_then(|v| v.to_str().ok())
+        {
+            let mut served = self
+                .served_version
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if served.as_deref() != Some(v) {
+                if v != self.api_version {
+                    info!(configured = %self.api_version, served = %v, "Graph served a different API version than configured");
+                }
+                self.telemetry.set_served_version(&self.api_version, v);
+                *served = Some(v.chars().take(16).collect());
+            }
+        }
+        regain
+    }
+
+    /// Graph error messages are echoed into logs and metrics; make sure the token
+    /// never travels with them, whatever a hostile answer contains.
+    fn redact(&self, mut e: GraphError) -> GraphError {
+        let t = self.token.expose();
+        if !t.is_empty() && e.message.contains(t) {
+            e.message = e.message.replace(t, "<redacted>");
+        }
+        e
+    }
+}
+
+/// A reqwest error described without the URL's query (which holds no secret, but
+/// is long) and with the kind of failure first.
+fn network_message(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut msg = kind.to_owned();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<bytes::Bytes, GraphError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(GraphError::malformed(format!(
+            "answer body is larger than {MAX_BODY_BYTES} bytes"
+        )));
+    }
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(GraphError::malformed(format!(
+                        "answer body is larger than {MAX_BODY_BYTES} bytes"
+                    )));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => {
+                return Err(GraphError::new(
+                    ErrorClass::Network,
+                    format!("answer body cut off: {}", network_message(&e)),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! flows-exporter: a Prometheus exporter for Meta's WhatsApp Flows Metrics API.
+//!
+//! How data flows:
+//!
+//! ```text
+//! config ──► app ──► exporter ──► graph (HTTP to Graph) ──► graph::wire (JSON → model)
+//!                        │                                          │
+//!                        │◄──────────── poll (pure decisions) ◄─────┘
+//!                        ▼
+//!                    snapshot ──► exposition (render once per poll) ──► server (/metrics)
+//!                                                 telemetry (live self-metrics) ──┘
+//! ```
+//!
+//! - [`config`]: TOML → validated [`config::Config`]; errors name the key.
+//! - [`model`]: domain types (flows, metrics, granularities, data points, clock).
+//! - [`graph`]: the only module that talks to Graph; [`graph::wire`] parses its JSON.
+//! - [`poll`]: pure decisions: query window, which period to show, cell transitions.
+//! - [`snapshot`]: the exporter's state as plain data.
+//! - [`exposition`]: snapshot → Prometheus text (the `prometheus` crate's model and encoder).
+//! - [`telemetry`]: the exporter's own live metrics, in an app-owned registry.
+//! - [`exporter`]: discovery and polls; swaps in fresh snapshots; skip-if-running.
+//! - [`server`]: the only module that serves HTTP.
+//! - [`app`]: scheduler, server and signals wired together; `serve` and `demo`.
+//! - [`sandbox`]: a fake Graph API for the demo, tests and benchmarks.
+
+pub mod app;
+pub mod config;
+pub mod exporter;
+pub mod exposition;
+pub mod graph;
+pub mod model;
+pub mod poll;
+pub mod sandbox;
+pub mod server;
+pub mod snapshot;
+pub mod telemetry;

@@ -1,0 +1,146 @@
+//! The exporter's state as plain data: the flows it knows, and for each
+//! granularity and (flow, metric) the value it shows and how that value's last
+//! poll went. Polls produce the next snapshot; `exposition` renders one.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::StaticFlow;
+use crate::graph::{ErrorClass, GraphError};
+use crate::model::{DataPoint, Flow, FlowSource, FlowStatus, Granularity, MetricKind};
+
+/// How the last poll of one (flow, metric, granularity) went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellStatus {
+    /// Graph answered and a settled period is shown.
+    Fresh,
+    /// Graph answered, but with no period that has ended and settled.
+    NoSettledPeriod,
+    /// Graph answered 139006: fewer than 250 requests.
+    InsufficientData,
+    /// The call failed; the last good value (if any) is still shown, stale.
+    Failed(ErrorClass),
+}
+
+/// One (flow, metric) of one granularity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub shown: Option<DataPoint>,
+    pub status: CellStatus,
+    /// When Graph last answered this cell definitively (data or 139006).
+    pub last_success: Option<DateTime<Utc>>,
+}
+
+impl Cell {
+    /// The value shown comes from an earlier poll because the last one failed.
+    pub fn is_stale(&self) -> bool {
+        matches!(self.status, CellStatus::Failed(_)) && self.shown.is_some()
+    }
+}
+
+pub type Cells = BTreeMap<(String, MetricKind), Cell>;
+
+/// What discovery last learned about one WABA.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WabaState {
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_error: Option<ErrorClass>,
+}
+
+/// Everything the exporter shows.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every flow known, discovered or configured, by id.
+    pub flows: BTreeMap<String, Flow>,
+    pub wabas: BTreeMap<String, WabaState>,
+    pub cells: BTreeMap<Granularity, Cells>,
+    /// When the last poll of each granularity finished.
+    pub polled_at: BTreeMap<Granularity, DateTime<Utc>>,
+    /// Failed calls by flow and class since start (or since the flow reappeared).
+    pub errors_total: BTreeMap<(String, ErrorClass), u64>,
+}
+
+impl Snapshot {
+    /// The flows whose metrics are polled, in id order.
+    pub fn polled_flows(&self) -> Vec<Flow> {
+        self.flows
+            .values()
+            .filter(|f| f.is_polled())
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces the flow set after a discovery. A WABA whose listing failed keeps
+    /// the flows it had; static flows are always present. State of flows that
+    /// vanished is dropped, so their series disappear.
+    pub fn apply_discovery(
+        &mut self,
+        statics: &[StaticFlow],
+        results: Vec<(String, Result<Vec<Flow>, GraphError>)>,
+        now: DateTime<Utc>,
+    ) {
+        let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
+        for (waba, result) in results {
+            let state = self.wabas.entry(waba.clone()).or_default();
+            match result {
+                Ok(list) => {
+                    state.last_success = Some(now);
+                    state.last_error = None;
+                    for f in list {
+                        flows.insert(f.id.clone(), f);
+                    }
+                }
+                Err(e) => {
+                    state.last_error = Some(e.class);
+                    for f in self.flows.values().filter(|f| f.waba_id == waba) {
+                        flows.insert(f.id.clone(), f.clone());
+                    }
+                }
+            }
+        }
+        for s in statics {
+            let flow = flows.entry(s.id.clone()).or_insert_with(|| Flow {
+                id: s.id.clone(),
+                name: String::new(),
+                waba_id: String::new(),
+                status: FlowStatus::Unknown,
+                data_api_version: String::new(),
+                can_send_message: String::new(),
+                source: FlowSource::Static,
+            });
+            flow.source = FlowSource::Static;
+            if let Some(name) = &s.name {
+                flow.name = name.clone();
+            }
+        }
+        self.flows = flows;
+        self.prune();
+    }
+
+    /// Drops state of flows that are no longer known or no longer polled.
+    fn prune(&mut self) {
+        let flows = &self.flows;
+        let polled = |id: &String| flows.get(id).is_some_and(Flow::is_polled);
+        for cells in self.cells.values_mut() {
+            cells.retain(|(id, _), _| polled(id));
+        }
+        self.errors_total
+            .retain(|(id, _), _| flows.contains_key(id));
+    }
+
+    /// Swaps in the cells of a finished poll of one granularity, whole.
+    pub fn apply_poll(&mut self, granularity: Granularity, cells: Cells, now: DateTime<Utc>) {
+        for ((flow_id, _), cell) in &cells {
+            if let CellStatus::Failed(class) = cell.status {
+                *self
+                    .errors_total
+                    .entry((flow_id.clone(), class))
+                    .or_default() += 1;
+            }
+        }
+        self.cells.insert(granularity, cells);
+        self.polled_at.insert(granularity, now);
+        self.prune();
+    }
+}

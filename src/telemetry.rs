@@ -1,0 +1,321 @@
+//! The exporter's own live metrics (`whatsapp_flows_exporter_*` that change
+//! between polls): Graph calls by endpoint and outcome, their duration, polls,
+//! skipped ticks, rate-limit usage, build info and process metrics. They live in
+//! a registry the application owns (never the global one) and are rendered on
+//! every scrape; they are few and cheap. Per-flow series are rendered once per
+//! poll by `exposition`.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::graph::wire::Usage;
+
+const NS: &str = "whatsapp_flows_exporter";
+
+/// Live self-metrics of one exporter instance.
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: Registry,
+    graph_requests: IntCounterVec,
+    graph_duration: HistogramVec,
+    graph_retries: IntCounterVec,
+    calls_saved: IntCounterVec,
+    polls: IntCounterVec,
+    poll_duration: HistogramVec,
+    last_poll: GaugeVec,
+    skipped_ticks: IntCounterVec,
+    usage: GaugeVec,
+    regain: GaugeVec,
+    served_version: IntGaugeVec,
+    token_valid: IntGauge,
+    api_available: IntGauge,
+    exposition_bytes: IntGauge,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS)
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let registry = Registry::new();
+        let graph_requests = IntCounterVec::new(
+            opts(
+                "graph_requests_total",
+                "HTTP requests sent to the Graph API, by endpoint (flows listing or metric) and outcome (success or the error class).",
+            ),
+            &["endpoint", "outcome"],
+        )
+        .expect("valid metric");
+        let graph_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "graph_request_duration_seconds",
+                "Duration of Graph API requests, including reading the answer.",
+            )
+            .namespace(NS)
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let graph_retries = IntCounterVec::new(
+            opts(
+                "graph_retries_total",
+                "Graph API requests repeated after a transient error or throttling.",
+            ),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let calls_saved = IntCounterVec::new(
+            opts(
+                "graph_calls_saved_total",
+                "Graph API calls not made, by reason: throttle_pause (the client waits out throttling) or poll_halted (a token, API-gone or throttling error stopped the poll).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let polls = IntCounterVec::new(
+            opts(
+                "polls_total",
+                "Completed polls by job (hour, day, lifetime, discovery) and result: success, partial (some calls failed) or failed (no call succeeded).",
+            ),
+            &["job", "result"],
+        )
+        .expect("valid metric");
+        let poll_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "poll_duration_seconds",
+                "Wall time of a complete poll, by job.",
+            )
+            .namespace(NS)
+            .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 180.0, 600.0, 1800.0]),
+            &["job"],
+        )
+        .expect("valid metric");
+        let last_poll = GaugeVec::new(
+            opts(
+                "last_poll_timestamp_seconds",
+                "Unix time at which the last poll of each job finished, whatever its result.",
+            ),
+            &["job"],
+        )
+        .expect("valid metric");
+        let skipped_ticks = IntCounterVec::new(
+            opts(
+                "skipped_ticks_total",
+                "Scheduled ticks skipped because the previous poll of the same job was still running.",
+            ),
+            &["job"],
+        )
+        .expect("valid metric");
+        let usage = GaugeVec::new(
+            opts(
+                "rate_limit_usage_ratio",
+                "Rate-limit usage Graph reported in X-App-Usage (scope app) or X-Business-Use-Case-Usage (scope business_use_case), as a ratio of the hourly allowance; Graph throttles at 1.",
+            ),
+            &["scope", "business_id", "type", "kind"],
+        )
+        .expect("valid metric");
+        let regain = GaugeVec::new(
+            opts(
+                "rate_limit_regain_access_seconds",
+                "estimated_time_to_regain_access from X-Business-Use-Case-Usage, in seconds; 0 when not throttled.",
+            ),
+            &["business_id", "type"],
+        )
+        .expect("valid metric");
+        let served_version = IntGaugeVec::new(
+            opts(
+                "graph_api_version_info",
+                "The Graph API version configured and the one Graph said served the last call (facebook-api-version header).",
+            ),
+            &["configured", "served"],
+        )
+        .expect("valid metric");
+        let token_valid = IntGauge::with_opts(opts(
+            "token_valid",
+            "0 after Graph rejected the access token (code 190) until a call succeeds again, else 1.",
+        ))
+        .expect("valid metric");
+        let api_available = IntGauge::with_opts(opts(
+            "metrics_api_available",
+            "0 after Graph answered that the Flows Metrics API field does not exist (code 100 on `metric`) until a metric call succeeds again, else 1.",
+        ))
+        .expect("valid metric");
+        let exposition_bytes = IntGauge::with_opts(opts(
+            "exposition_bytes",
+            "Size in bytes of the per-flow part of /metrics as last rendered (uncompressed).",
+        ))
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            opts(
+                "build_info",
+                "Always 1; labels say which flows-exporter build is running.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        token_valid.set(1);
+        api_available.set(1);
+
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(graph_requests.clone()),
+            Box::new(graph_duration.clone()),
+            Box::new(graph_retries.clone()),
+            Box::new(calls_saved.clone()),
+            Box::new(polls.clone()),
+            Box::new(poll_duration.clone()),
+            Box::new(last_poll.clone()),
+            Box::new(skipped_ticks.clone()),
+            Box::new(usage.clone()),
+            Box::new(regain.clone()),
+            Box::new(served_version.clone()),
+            Box::new(token_valid.clone()),
+            Box::new(api_available.clone()),
+            Box::new(exposition_bytes.clone()),
+            Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for c in collectors {
+            registry.register(c).expect("metric names are unique");
+        }
+        Telemetry {
+            registry,
+            graph_requests,
+            graph_duration,
+            graph_retries,
+            calls_saved,
+            polls,
+            poll_duration,
+            last_poll,
+            skipped_ticks,
+            usage,
+            regain,
+            served_version,
+            token_valid,
+            api_available,
+            exposition_bytes,
+        }
+    }
+
+    pub fn observe_request(&self, endpoint: &str, outcome: &str, took: Duration) {
+        self.graph_requests
+            .with_label_values(&[endpoint, outcome])
+            .inc();
+        self.graph_duration
+            .with_label_values(&[endpoint])
+            .observe(took.as_secs_f64());
+        match outcome {
+            "success" | "insufficient_data" => {
+                self.token_valid.set(1);
+                if endpoint == "metric" {
+                    self.api_available.set(1);
+                }
+            }
+            "token" => self.token_valid.set(0),
+            "api_gone" => self.api_available.set(0),
+            _ => {}
+        }
+    }
+
+    /// Creates the series of every job and endpoint at 0, so that rates and
+    /// alerts work before the first skip, retry or saved call.
+    pub fn init(&self, jobs: &[&str]) {
+        for job in jobs {
+            self.skipped_ticks.with_label_values(&[job]);
+            self.polls.with_label_values(&[job, "success"]);
+        }
+        for endpoint in ["flows", "metric"] {
+            self.graph_retries.with_label_values(&[endpoint]);
+            self.graph_requests
+                .with_label_values(&[endpoint, "success"]);
+        }
+        for reason in ["throttle_pause", "poll_halted"] {
+            self.calls_saved.with_label_values(&[reason]);
+        }
+    }
+
+    pub fn retry(&self, endpoint: &str) {
+        self.graph_retries.with_label_values(&[endpoint]).inc();
+    }
+
+    pub fn call_saved(&self, reason: &str) {
+        self.calls_saved.with_label_values(&[reason]).inc();
+    }
+
+    pub fn calls_saved_by(&self, reason: &str, n: u64) {
+        self.calls_saved.with_label_values(&[reason]).inc_by(n);
+    }
+
+    pub fn record_usage(&self, u: &Usage) {
+        for (kind, pct) in [
+            ("call_count", u.call_count),
+            ("total_cputime", u.total_cputime),
+            ("total_time", u.total_time),
+        ] {
+            self.usage
+                .with_label_values(&[u.scope, &u.business_id, &u.kind, kind])
+                .set(pct / 100.0);
+        }
+        if u.scope == "business_use_case" {
+            self.regain
+                .with_label_values(&[&u.business_id, &u.kind])
+                .set(u.regain_minutes.unwrap_or(0.0) * 60.0);
+        }
+    }
+
+    pub fn set_served_version(&self, configured: &str, served: &str) {
+        self.served_version.reset();
+        self.served_version
+            .with_label_values(&[configured, served])
+            .set(1);
+    }
+
+    pub fn poll_finished(&self, job: &str, result: &str, took: Duration, at_unix: f64) {
+        self.polls.with_label_values(&[job, result]).inc();
+        self.poll_duration
+            .with_label_values(&[job])
+            .observe(took.as_secs_f64());
+        self.last_poll.with_label_values(&[job]).set(at_unix);
+    }
+
+    pub fn tick_skipped(&self, job: &str) {
+        self.skipped_ticks.with_label_values(&[job]).inc();
+    }
+
+    pub fn set_exposition_bytes(&self, n: usize) {
+        self.exposition_bytes.set(n as i64);
+    }
+
+    /// Appends the live metrics in the Prometheus text format.
+    pub fn render(&self, out: &mut Vec<u8>) {
+        let families = self.registry.gather();
+        // Encoding into a Vec cannot fail for well-formed families.
+        if let Err(e) = TextEncoder::new().encode(&families, out) {
+            tracing::error!(error = %e, "cannot encode exporter metrics");
+        }
+    }
+
+    /// Reads a counter, for tests and the landing page.
+    pub fn graph_requests(&self, endpoint: &str, outcome: &str) -> u64 {
+        self.graph_requests
+            .with_label_values(&[endpoint, outcome])
+            .get()
+    }
+
+    pub fn skipped(&self, job: &str) -> u64 {
+        self.skipped_ticks.with_label_values(&[job]).get()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
