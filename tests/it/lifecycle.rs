@@ -1,0 +1,243 @@
+//! Scheduling and process lifecycle: skipped ticks, the cron loop, the `demo`
+//! and `serve` binaries, graceful shutdown on SIGTERM, and logs without secrets.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flows_exporter::exporter::Job;
+use flows_exporter::model::Granularity;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_tick_during_a_running_poll_is_skipped_and_counted() {
+    let sb = realistic().await;
+    let ex = exporter(&sb.base_url);
+    ex.discover().await;
+    sb.sandbox.set_latency(Duration::from_millis(100));
+    let (first, second) = tokio::join!(ex.run_job(Job::Poll(Granularity::Hour)), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ex.run_job(Job::Poll(Granularity::Hour)).await
+    });
+    assert!(first, "the first tick runs");
+    assert!(!second, "the second tick is skipped while the first runs");
+    // A different job is not blocked by the running one.
+    assert!(ex.run_job(Job::Poll(Granularity::Lifetime)).await);
+    let text = scrape(&ex);
+    assert_eq!(
+        value(
+            &text,
+            "whatsapp_flows_exporter_skipped_ticks_total{job=\"hour\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "whatsapp_flows_exporter_polls_total{job=\"hour\",result=\"success\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn cron_jobs_poll_and_shutdown_is_graceful() {
+    let sb = realistic().await;
+    let text = config_text(
+        &sb.base_url,
+        r#"
+[discovery]
+schedule = "0 0 0 1 1 *"
+[granularity.hour]
+schedule = "* * * * * *"
+[granularity.day]
+enabled = false
+[granularity.lifetime]
+enabled = false
+"#,
+    );
+    let ex = exporter_with(&text, TOKEN);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(flows_exporter::app::run(ex.clone(), listener, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    stop.cancel();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .expect("shutdown within the bound")
+        .expect("task")
+        .expect("run ends without error");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let out = scrape(&ex);
+    let polls = value(
+        &out,
+        "whatsapp_flows_exporter_polls_total{job=\"hour\",result=\"success\"}",
+    )
+    .expect("hour polls counted");
+    // Start-up poll plus at least one cron tick in 3.5 s of a 1 s schedule.
+    assert!(polls >= 2.0, "only {polls} hour polls");
+    assert!(ex.is_ready());
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn wait_ready(base: &str) {
+    let client = http();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/-/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{base} never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn demo_serves_realistic_metrics_and_stops_on_sigterm() {
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_flows-exporter"))
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let metrics_url = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("metrics:")
+                    .map(|u| u.trim().to_owned())
+            })
+    })
+    .await
+    .expect("reader")
+    .expect("demo prints the metrics URL");
+    let base = metrics_url.trim_end_matches("/metrics").to_owned();
+    wait_ready(&base).await;
+    let text = http()
+        .get(&metrics_url)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        samples(&text, "whatsapp_flows_flow_info{").len() >= 8,
+        "demo flows: {text}"
+    );
+    assert!(
+        samples(
+            &text,
+            "whatsapp_flows_endpoint_request_latency_seconds_bucket{"
+        )
+        .len()
+            >= 11
+    );
+    assert!(
+        text.contains("source=\"static\""),
+        "the demo has a static flow"
+    );
+    let (ok, printed) = promtool_check(&text);
+    assert!(ok && printed.is_empty(), "promtool: {printed}");
+
+    sigterm(&child.0);
+    let status = wait_exit(&mut child.0, Duration::from_secs(15));
+    assert!(status.success(), "demo exited with {status}");
+}
+
+#[tokio::test]
+async fn serve_reads_the_token_from_env_and_never_logs_it() {
+    let sb = realistic().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[graph]\nbase_url = \"{}\"\naccess_token_env = \"FLOWS_TEST_TOKEN\"\n[[wabas]]\nid = \"{WABA_1}\"\n",
+            sb.base_url
+        ),
+    )
+    .expect("write config");
+    // The wrong token: every call fails with 190, and the logs must say so
+    // without ever showing the token.
+    let wrong = "EAAserve-wrong-token-Zq8";
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_flows-exporter"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("FLOWS_TEST_TOKEN", wrong)
+            .env("FLOWS_EXPORTER_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start serve"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
+    let logs = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // Wait for the token error in the sandbox's call log, then stop.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sb.sandbox.request_count() == 0 {
+        assert!(Instant::now() < deadline, "serve never called Graph");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigterm(&child.0);
+    let status = wait_exit(&mut child.0, Duration::from_secs(15));
+    assert!(status.success(), "serve exited with {status}");
+    let logs = logs.join().expect("log reader");
+    assert!(logs.contains("token"), "the token error is logged: {logs}");
+    assert!(logs.contains("SIGTERM"), "{logs}");
+    assert!(
+        !logs.contains(wrong),
+        "the token leaked into the logs:\n{logs}"
+    );
+}

@@ -1,0 +1,175 @@
+//! Shared set-up: a sandbox on port 0 with a pinned clock, an exporter pointed at
+//! it, and helpers to scrape. One place to change when an API changes.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use flows_exporter::config::{Config, Secret};
+use flows_exporter::exporter::Exporter;
+use flows_exporter::model::Clock;
+use flows_exporter::sandbox::Sandbox;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "EAAtest-token-7Qx9";
+pub const WABA_1: &str = "102290129340398";
+pub const WABA_2: &str = "104996122399160";
+
+/// The instant every test pins: a Tuesday noon, UTC.
+pub fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 1, 30, 12, 0, 0)
+        .single()
+        .expect("valid date")
+}
+
+/// A running sandbox; stops when dropped.
+pub struct RunningSandbox {
+    pub sandbox: Sandbox,
+    pub base_url: String,
+    stop: CancellationToken,
+}
+
+impl Drop for RunningSandbox {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn start_sandbox(sandbox: Sandbox) -> RunningSandbox {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    tokio::spawn(
+        sandbox
+            .clone()
+            .serve(listener, stop.clone().cancelled_owned()),
+    );
+    RunningSandbox {
+        sandbox,
+        base_url,
+        stop,
+    }
+}
+
+pub async fn realistic() -> RunningSandbox {
+    start_sandbox(Sandbox::realistic(TOKEN, Clock::fixed(now()))).await
+}
+
+/// Config text for an exporter against `base_url`: both WABAs, fast retries,
+/// one call at a time so the order of calls (and so the usage headers) is fixed.
+pub fn config_text(base_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[graph]
+base_url = "{base_url}"
+api_version = "v23.0"
+max_concurrency = 1
+max_retries = 2
+retry_backoff_seconds = 0.01
+timeout_seconds = 5
+
+[[wabas]]
+id = "{WABA_1}"
+
+[[wabas]]
+id = "{WABA_2}"
+{extra}
+"#
+    )
+}
+
+pub fn exporter_with(text: &str, token: &str) -> Arc<Exporter> {
+    let config = Config::parse(text).expect("test config is valid");
+    Exporter::new(config, Secret::new(token), Clock::fixed(now())).expect("exporter")
+}
+
+pub fn exporter(base_url: &str) -> Arc<Exporter> {
+    exporter_with(&config_text(base_url, ""), TOKEN)
+}
+
+/// The whole `/metrics` text as a scrape without gzip would get it.
+pub fn scrape(exporter: &Exporter) -> String {
+    let scrape = exporter.scrape(false);
+    let bytes: Vec<u8> = scrape
+        .parts
+        .iter()
+        .flat_map(|b| b.iter().copied())
+        .collect();
+    String::from_utf8(bytes).expect("exposition is UTF-8")
+}
+
+/// The sample lines (no comments) whose series name starts with `prefix`.
+pub fn samples(text: &str, prefix: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The value of the one sample line that starts with `series` (name and labels
+/// exactly as written), or None.
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.parse().expect("sample value is a number"))
+}
+
+/// Runs `promtool check metrics` on an exposition and returns what it printed.
+pub fn promtool_check(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (the test command installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), printed)
+}
+
+/// A running HTTP server for an exporter; stops when dropped.
+pub struct RunningServer {
+    pub base: String,
+    stop: CancellationToken,
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn start_server(exporter: Arc<Exporter>) -> RunningServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    tokio::spawn(flows_exporter::server::serve(
+        listener,
+        exporter,
+        stop.clone().cancelled_owned(),
+    ));
+    RunningServer { base, stop }
+}
+
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
