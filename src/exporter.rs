@@ -292,9 +292,15 @@ impl Exporter {
             .iter()
             .map(|g| g.granularity)
             .collect();
+        let size_hint = self
+            .published
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .text
+            .len();
         let text = {
             let state = self.state();
-            exposition::render(&state, &granularities)
+            exposition::render(&state, &granularities, size_hint)
         };
         self.telemetry.set_exposition_bytes(text.len());
         let rendered = Arc::new(Rendered::new(text));
@@ -324,9 +330,14 @@ impl Exporter {
         }
     }
 
-    /// A copy of the current snapshot, for the landing page and tests.
+    /// A copy of the current snapshot, for tests.
     pub fn snapshot(&self) -> Snapshot {
         self.state().clone()
+    }
+
+    /// The landing page's rows, read under the lock without copying the snapshot.
+    pub fn flow_rows(&self) -> Vec<FlowRow> {
+        flow_rows(&self.state())
     }
 }
 
@@ -377,7 +388,7 @@ pub struct FlowRow {
 }
 
 /// The landing page's rows, in flow id order.
-pub fn flow_rows(snapshot: &Snapshot) -> Vec<FlowRow> {
+fn flow_rows(snapshot: &Snapshot) -> Vec<FlowRow> {
     snapshot
         .flows
         .values()

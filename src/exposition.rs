@@ -14,7 +14,7 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
-use crate::model::{Granularity, MetricKind};
+use crate::model::{DataPoint, Granularity, MetricKind};
 use crate::snapshot::{CellStatus, Snapshot};
 
 const CACHED: &str = "Cached: refreshed when a poll of the Flows Metrics API ends, not on scrape, because Graph data lags hours and calls are rate limited.";
@@ -153,108 +153,139 @@ fn single_value(values: &[(String, f64)]) -> Option<f64> {
         .map(|(_, v)| *v)
 }
 
-/// Renders the per-flow part of `/metrics`.
-pub fn render(snapshot: &Snapshot, granularities: &[Granularity]) -> String {
-    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
-    let help = |s: &str| format!("{s} {CACHED}");
+/// One (flow, metric) cell of one granularity, as the render loops see it.
+struct CellRef<'a> {
+    flow_id: &'a str,
+    granularity: &'static str,
+    metric: MetricKind,
+    cell: &'a crate::snapshot::Cell,
+}
+
+impl CellRef<'_> {
+    fn labels(&self) -> [(&str, &str); 3] {
+        [
+            ("flow_id", self.flow_id),
+            ("granularity", self.granularity),
+            ("metric", self.metric.label()),
+        ]
+    }
+
+    /// The point shown for `metric`, if this cell is of that metric.
+    fn shown(&self, metric: MetricKind) -> Option<&DataPoint> {
+        (self.metric == metric)
+            .then_some(self.cell.shown.as_ref())
+            .flatten()
+    }
+}
+
+/// Builds the exposition one metric family at a time: a family's metric
+/// objects are encoded with the `prometheus` crate's encoder and dropped before
+/// the next family is built, so a render of many flows never holds them all.
+struct Renderer<'a> {
+    snapshot: &'a Snapshot,
+    granularities: &'a [Granularity],
+    encoder: TextEncoder,
+    out: String,
+    scratch: String,
+}
+
+impl<'a> Renderer<'a> {
+    fn cells(&self) -> impl Iterator<Item = CellRef<'a>> + 'a {
+        let snapshot = self.snapshot;
+        self.granularities.iter().flat_map(move |g| {
+            snapshot.cells.get(g).into_iter().flat_map(move |cells| {
+                cells.iter().map(move |((flow_id, metric), cell)| CellRef {
+                    flow_id,
+                    granularity: g.label(),
+                    metric: *metric,
+                    cell,
+                })
+            })
+        })
+    }
+
+    fn emit(&mut self, family: Family) {
+        let family = family.0;
+        if family.get_metric().is_empty() {
+            return;
+        }
+        if family.name() != LATENCY {
+            if let Err(e) = self.encoder.encode_utf8(&[family], &mut self.out) {
+                tracing::error!(error = %e, "cannot encode flow metrics");
+            }
+            return;
+        }
+        self.scratch.clear();
+        if let Err(e) = self.encoder.encode_utf8(&[family], &mut self.scratch) {
+            tracing::error!(error = %e, "cannot encode flow metrics");
+            return;
+        }
+        // The crate's encoder always writes `_sum`, but Meta does not report the
+        // sum of latencies and it cannot be derived from ceil-second buckets, so
+        // those lines are dropped rather than published as a made-up number.
+        let sum_prefix = format!("{LATENCY}_sum");
+        for line in self.scratch.lines().filter(|l| !l.starts_with(&sum_prefix)) {
+            self.out.push_str(line);
+            self.out.push('\n');
+        }
+    }
+
+    /// A family with one sample per cell for which `value` gives one.
+    fn per_cell(&mut self, name: &str, help: &str, value: impl Fn(&CellRef<'_>) -> Option<f64>) {
+        let mut f = Family::new(name, &with_cached(help), MetricType::GAUGE);
+        for c in self.cells() {
+            if let Some(v) = value(&c) {
+                f.gauge(&c.labels(), v);
+            }
+        }
+        self.emit(f);
+    }
+
+    /// A family of per-flow data: `samples` adds the samples of one shown point.
+    fn per_point(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        metric: MetricKind,
+        samples: impl Fn(&mut Family, [(&str, &str); 2], &DataPoint),
+    ) {
+        let mut f = Family::new(name, &with_cached(help), kind);
+        for c in self.cells() {
+            if let Some(point) = c.shown(metric) {
+                samples(
+                    &mut f,
+                    [("flow_id", c.flow_id), ("granularity", c.granularity)],
+                    point,
+                );
+            }
+        }
+        self.emit(f);
+    }
+}
+
+fn with_cached(help: &str) -> String {
+    format!("{help} {CACHED}")
+}
+
+/// Renders the per-flow part of `/metrics`. `size_hint` is the size of the
+/// previous render, to allocate the text once.
+pub fn render(snapshot: &Snapshot, granularities: &[Granularity], size_hint: usize) -> String {
+    let mut r = Renderer {
+        snapshot,
+        granularities,
+        encoder: TextEncoder::new(),
+        out: String::with_capacity(size_hint + size_hint / 8 + 4096),
+        scratch: String::new(),
+    };
+
     let mut info = Family::new(
         "whatsapp_flows_flow_info",
-        &help(
+        &with_cached(
             "Always 1 for every flow discovered in a configured WABA or listed in the config; labels carry its name, WABA, status, health (can_send_message) and how it is known (source).",
         ),
-        GAUGE,
+        MetricType::GAUGE,
     );
-    let mut requests = Family::new(
-        "whatsapp_flows_endpoint_requests",
-        &help(
-            "Requests Meta sent to the flow's endpoint in the period whose start is whatsapp_flows_data_period_start_timestamp_seconds (a per-period value, not a counter).",
-        ),
-        GAUGE,
-    );
-    let mut errors = Family::new(
-        "whatsapp_flows_endpoint_request_errors",
-        &help(
-            "Failed endpoint requests in the period, by Meta's error_type (a per-period value, not a counter).",
-        ),
-        GAUGE,
-    );
-    let mut ratio = Family::new(
-        "whatsapp_flows_endpoint_request_error_ratio",
-        &help(
-            "Failed endpoint requests divided by all endpoint requests in the period, 0 to 1, as Meta computes it.",
-        ),
-        GAUGE,
-    );
-    let mut latency = Family::new(
-        LATENCY,
-        &help(
-            "Endpoint request latency in the period as Meta reports it, in whole seconds rounded up; a per-period snapshot, never rate() it. The sum is unknown and not published.",
-        ),
-        HISTOGRAM,
-    );
-    let mut availability = Family::new(
-        "whatsapp_flows_endpoint_availability_checks",
-        &help(
-            "Meta's periodic endpoint availability checks in the period, by result (succeeded or failed); only flows with data_api_version 3.0 or later have them.",
-        ),
-        GAUGE,
-    );
-    let mut period_start = Family::new(
-        "whatsapp_flows_data_period_start_timestamp_seconds",
-        &help(
-            "Unix time at which the period shown for each metric begins: the newest period that has ended and settled (LIFETIME: its single point).",
-        ),
-        GAUGE,
-    );
-    let mut insufficient = Family::new(
-        "whatsapp_flows_insufficient_data",
-        &help(
-            "1 while Graph answers error 139006 (the flow had fewer than 250 endpoint requests) for this metric, else 0; no values are shown then.",
-        ),
-        GAUGE,
-    );
-    let mut stale = Family::new(
-        "whatsapp_flows_data_stale",
-        &help(
-            "1 when the last poll of this metric failed and the values shown are the last good ones from an earlier poll, else 0.",
-        ),
-        GAUGE,
-    );
-    let mut last_success = Family::new(
-        "whatsapp_flows_exporter_last_success_timestamp_seconds",
-        &help(
-            "Unix time at which Graph last answered this flow, metric and granularity (with data or 139006).",
-        ),
-        GAUGE,
-    );
-    let mut failing = Family::new(
-        "whatsapp_flows_exporter_flow_failing_metrics",
-        &help(
-            "Number of this flow's metrics (over all granularities) whose last poll failed, by error class; absent when none fails.",
-        ),
-        GAUGE,
-    );
-    let mut errors_total = Family::new(
-        "whatsapp_flows_exporter_flow_errors_total",
-        &help(
-            "Failed Graph calls for this flow by error class since the exporter started (139006 is not counted: it is a state, see whatsapp_flows_insufficient_data).",
-        ),
-        COUNTER,
-    );
-    let mut waba_success = Family::new(
-        "whatsapp_flows_exporter_discovery_last_success_timestamp_seconds",
-        &help("Unix time at which the flows of this WABA were last listed successfully."),
-        GAUGE,
-    );
-    let mut discovered = Family::new(
-        "whatsapp_flows_exporter_discovered_flows",
-        &help(
-            "Flows known per WABA (empty waba_id: configured flows discovery did not find) and status.",
-        ),
-        GAUGE,
-    );
-
-    let mut per_status: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for f in snapshot.flows.values() {
         let source = match f.source {
             crate::model::FlowSource::Discovered => "discovered",
@@ -272,140 +303,159 @@ pub fn render(snapshot: &Snapshot, granularities: &[Granularity]) -> String {
             ],
             1.0,
         );
-        *per_status
-            .entry((&f.waba_id, f.status.as_str()))
-            .or_default() += 1;
     }
-    for ((waba, status), n) in per_status {
-        discovered.gauge(&[("waba_id", waba), ("status", status)], n as f64);
+    r.emit(info);
+
+    r.per_point(
+        "whatsapp_flows_endpoint_requests",
+        "Requests Meta sent to the flow's endpoint in the period whose start is whatsapp_flows_data_period_start_timestamp_seconds (a per-period value, not a counter).",
+        MetricType::GAUGE,
+        MetricKind::RequestCount,
+        |f, labels, p| {
+            if let Some(v) = single_value(&p.values) {
+                f.gauge(&labels, v);
+            }
+        },
+    );
+    r.per_point(
+        "whatsapp_flows_endpoint_request_errors",
+        "Failed endpoint requests in the period, by Meta's error_type (a per-period value, not a counter).",
+        MetricType::GAUGE,
+        MetricKind::RequestError,
+        |f, [flow, g], p| {
+            let mut by_type: BTreeMap<&str, f64> =
+                KNOWN_ERROR_TYPES.iter().map(|t| (*t, 0.0)).collect();
+            for (k, v) in &p.values {
+                *by_type.entry(k).or_default() += v;
+            }
+            for (t, v) in by_type {
+                f.gauge(&[flow, g, ("error_type", t)], v);
+            }
+        },
+    );
+    r.per_point(
+        "whatsapp_flows_endpoint_request_error_ratio",
+        "Failed endpoint requests divided by all endpoint requests in the period, 0 to 1, as Meta computes it.",
+        MetricType::GAUGE,
+        MetricKind::RequestErrorRate,
+        |f, labels, p| {
+            if let Some(v) = single_value(&p.values) {
+                f.gauge(&labels, v);
+            }
+        },
+    );
+    r.per_point(
+        LATENCY,
+        "Endpoint request latency in the period as Meta reports it, in whole seconds rounded up; a per-period snapshot, never rate() it. The sum is unknown and not published.",
+        MetricType::HISTOGRAM,
+        MetricKind::LatencySecondsCeil,
+        |f, labels, p| {
+            // Validated when polled; an invalid one never becomes `shown`.
+            if let Ok(h) = latency_histogram(&p.values) {
+                f.histogram(&labels, &h);
+            }
+        },
+    );
+    r.per_point(
+        "whatsapp_flows_endpoint_availability_checks",
+        "Meta's periodic endpoint availability checks in the period, by result (succeeded or failed); only flows with data_api_version 3.0 or later have them.",
+        MetricType::GAUGE,
+        MetricKind::Availability,
+        |f, [flow, g], p| {
+            for result in ["failed", "succeeded"] {
+                let n = p
+                    .values
+                    .iter()
+                    .filter(|(k, _)| k == result)
+                    .fold(0.0, |sum, (_, v)| sum + v);
+                f.gauge(&[flow, g, ("result", result)], n);
+            }
+        },
+    );
+    r.per_cell(
+        "whatsapp_flows_data_period_start_timestamp_seconds",
+        "Unix time at which the period shown for each metric begins: the newest period that has ended and settled (LIFETIME: its single point).",
+        |c| c.cell.shown.as_ref().map(|p| unix(p.start)),
+    );
+    r.per_cell(
+        "whatsapp_flows_insufficient_data",
+        "1 while Graph answers error 139006 (the flow had fewer than 250 endpoint requests) for this metric, else 0; no values are shown then.",
+        |c| Some(f64::from(u8::from(c.cell.status == CellStatus::InsufficientData))),
+    );
+    r.per_cell(
+        "whatsapp_flows_data_stale",
+        "1 when the last poll of this metric failed and the values shown are the last good ones from an earlier poll, else 0.",
+        |c| Some(f64::from(u8::from(c.cell.is_stale()))),
+    );
+    r.per_cell(
+        "whatsapp_flows_exporter_last_success_timestamp_seconds",
+        "Unix time at which Graph last answered this flow, metric and granularity (with data or 139006).",
+        |c| c.cell.last_success.map(unix),
+    );
+
+    let mut failing_count: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for c in r.cells() {
+        if let CellStatus::Failed(class) = c.cell.status {
+            *failing_count.entry((c.flow_id, class.label())).or_default() += 1;
+        }
     }
+    let mut failing = Family::new(
+        "whatsapp_flows_exporter_flow_failing_metrics",
+        &with_cached(
+            "Number of this flow's metrics (over all granularities) whose last poll failed, by error class; absent when none fails.",
+        ),
+        MetricType::GAUGE,
+    );
+    for ((flow_id, class), n) in failing_count {
+        failing.gauge(&[("flow_id", flow_id), ("class", class)], n as f64);
+    }
+    r.emit(failing);
+
+    let mut errors_total = Family::new(
+        "whatsapp_flows_exporter_flow_errors_total",
+        &with_cached(
+            "Failed metric polls of this flow by error class since the exporter started (a call not made because the poll halted counts with the class that halted it; 139006 is not counted: it is a state, see whatsapp_flows_insufficient_data).",
+        ),
+        MetricType::COUNTER,
+    );
+    for ((flow_id, class), n) in &snapshot.errors_total {
+        errors_total.counter(&[("flow_id", flow_id), ("class", class.label())], *n as f64);
+    }
+    r.emit(errors_total);
+
+    let mut waba_success = Family::new(
+        "whatsapp_flows_exporter_discovery_last_success_timestamp_seconds",
+        &with_cached("Unix time at which the flows of this WABA were last listed successfully."),
+        MetricType::GAUGE,
+    );
     for (waba, state) in &snapshot.wabas {
         if let Some(t) = state.last_success {
             waba_success.gauge(&[("waba_id", waba)], unix(t));
         }
     }
+    r.emit(waba_success);
 
-    let mut failing_count: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for g in granularities {
-        let Some(cells) = snapshot.cells.get(g) else {
-            continue;
-        };
-        let gl = g.label();
-        for ((flow_id, metric), cell) in cells {
-            let ml = metric.label();
-            let cell_labels = [
-                ("flow_id", flow_id.as_str()),
-                ("granularity", gl),
-                ("metric", ml),
-            ];
-            insufficient.gauge(
-                &cell_labels,
-                f64::from(u8::from(cell.status == CellStatus::InsufficientData)),
-            );
-            stale.gauge(&cell_labels, f64::from(u8::from(cell.is_stale())));
-            if let Some(t) = cell.last_success {
-                last_success.gauge(&cell_labels, unix(t));
-            }
-            if let CellStatus::Failed(class) = cell.status {
-                *failing_count.entry((flow_id, class.label())).or_default() += 1;
-            }
-            let Some(point) = &cell.shown else { continue };
-            period_start.gauge(&cell_labels, unix(point.start));
-            let labels = [("flow_id", flow_id.as_str()), ("granularity", gl)];
-            match metric {
-                MetricKind::RequestCount => {
-                    if let Some(v) = single_value(&point.values) {
-                        requests.gauge(&labels, v);
-                    }
-                }
-                MetricKind::RequestErrorRate => {
-                    if let Some(v) = single_value(&point.values) {
-                        ratio.gauge(&labels, v);
-                    }
-                }
-                MetricKind::RequestError => {
-                    let mut by_type: BTreeMap<&str, f64> =
-                        KNOWN_ERROR_TYPES.iter().map(|t| (*t, 0.0)).collect();
-                    for (k, v) in &point.values {
-                        *by_type.entry(k).or_default() += v;
-                    }
-                    for (t, v) in by_type {
-                        errors.gauge(&[labels[0], labels[1], ("error_type", t)], v);
-                    }
-                }
-                MetricKind::LatencySecondsCeil => {
-                    // Validated when polled; an invalid one never becomes `shown`.
-                    if let Ok(h) = latency_histogram(&point.values) {
-                        latency.histogram(&labels, &h);
-                    }
-                }
-                MetricKind::Availability => {
-                    let get = |k: &str| {
-                        point
-                            .values
-                            .iter()
-                            .filter(|(key, _)| key == k)
-                            .fold(0.0, |sum, (_, v)| sum + v)
-                    };
-                    for result in ["failed", "succeeded"] {
-                        availability
-                            .gauge(&[labels[0], labels[1], ("result", result)], get(result));
-                    }
-                }
-            }
-        }
+    let mut per_status: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for f in snapshot.flows.values() {
+        *per_status
+            .entry((&f.waba_id, f.status.as_str()))
+            .or_default() += 1;
     }
-    for ((flow_id, class), n) in failing_count {
-        failing.gauge(&[("flow_id", flow_id), ("class", class)], n as f64);
+    let mut discovered = Family::new(
+        "whatsapp_flows_exporter_discovered_flows",
+        &with_cached(
+            "Flows known per WABA (empty waba_id: configured flows discovery did not find) and status.",
+        ),
+        MetricType::GAUGE,
+    );
+    for ((waba, status), n) in per_status {
+        discovered.gauge(&[("waba_id", waba), ("status", status)], n as f64);
     }
-    for ((flow_id, class), n) in &snapshot.errors_total {
-        errors_total.counter(&[("flow_id", flow_id), ("class", class.label())], *n as f64);
-    }
+    r.emit(discovered);
 
-    let families = [
-        info,
-        requests,
-        errors,
-        ratio,
-        latency,
-        availability,
-        period_start,
-        insufficient,
-        stale,
-        last_success,
-        failing,
-        errors_total,
-        waba_success,
-        discovered,
-    ];
-    let encoder = TextEncoder::new();
-    let mut out = String::with_capacity(256 * 1024);
-    let mut scratch = String::new();
-    for family in families {
-        let family = family.0;
-        if family.get_metric().is_empty() {
-            continue;
-        }
-        let is_latency = family.name() == LATENCY;
-        scratch.clear();
-        if let Err(e) = encoder.encode_utf8(&[family], &mut scratch) {
-            tracing::error!(error = %e, "cannot encode flow metrics");
-            continue;
-        }
-        if !is_latency {
-            out.push_str(&scratch);
-            continue;
-        }
-        // The crate's encoder always writes `_sum`, but Meta does not report the
-        // sum of latencies and it cannot be derived from ceil-second buckets, so
-        // those lines are dropped rather than published as a made-up number.
-        let sum_prefix = format!("{LATENCY}_sum");
-        for line in scratch.lines().filter(|l| !l.starts_with(&sum_prefix)) {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
+    // The text is kept for many scrapes: give back what the estimate over-reserved.
+    r.out.shrink_to_fit();
+    r.out
 }
 
 /// A rendered per-flow exposition, ready to serve many times: the text, and the
@@ -423,7 +473,8 @@ impl Rendered {
     pub fn new(text: String) -> Rendered {
         // A sync flush ends the output on a byte boundary without a final block,
         // so more deflate blocks can follow it.
-        let deflated = deflate(text.as_bytes(), FlushCompress::Sync, Vec::new());
+        let mut deflated = deflate(text.as_bytes(), FlushCompress::Sync, Vec::new());
+        deflated.shrink_to_fit();
         let mut crc = crc32fast::Hasher::new();
         crc.update(text.as_bytes());
         Rendered {

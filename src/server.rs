@@ -75,6 +75,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Responses are written whole; do not let Nagle hold back their tail.
+        let _ = stream.set_nodelay(true);
         let exporter = exporter.clone();
         let service = hyper::service::service_fn(move |req| {
             let exporter = exporter.clone();
@@ -193,7 +195,6 @@ fn esc(s: &str) -> String {
 }
 
 fn landing_page(exporter: &Exporter) -> String {
-    let snapshot = exporter.snapshot();
     let granularities: Vec<_> = exporter
         .config()
         .granularities
@@ -225,7 +226,7 @@ fn landing_page(exporter: &Exporter) -> String {
         let _ = write!(page, "<th>last answer ({})</th>", g.label());
     }
     page.push_str("</tr>");
-    for exporter::FlowRow { flow, last_answer } in exporter::flow_rows(&snapshot) {
+    for exporter::FlowRow { flow, last_answer } in exporter.flow_rows() {
         let _ = write!(
             page,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
