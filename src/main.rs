@@ -42,8 +42,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOWS_EXPORTER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("FLOWS_EXPORTER_LOG").unwrap_or_else(
+                |_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"),
+            ),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -81,11 +81,12 @@ async fn insufficient_data_is_a_state_with_no_numbers() {
         f.status == "PUBLISHED" && matches!(f.traffic, Traffic::Normal { .. })
     });
     assert_eq!(
-        value(
+        cell(
             &text,
-            &format!(
-                "whatsapp_flows_insufficient_data{{flow_id=\"{other}\",granularity=\"hour\",metric=\"endpoint_request_count\"}}"
-            )
+            "whatsapp_flows_insufficient_data",
+            &other,
+            "hour",
+            "endpoint_request_count"
         ),
         Some(0.0)
     );
@@ -153,11 +154,12 @@ async fn token_expiring_mid_run_halts_the_poll_and_keeps_last_good_data() {
     );
     assert_eq!(value(&after, &series), Some(good), "last good value kept");
     assert_eq!(
-        value(
+        cell(
             &after,
-            &format!(
-                "whatsapp_flows_data_stale{{flow_id=\"{flow}\",granularity=\"hour\",metric=\"endpoint_request_count\"}}"
-            )
+            "whatsapp_flows_data_stale",
+            &flow,
+            "hour",
+            "endpoint_request_count"
         ),
         Some(1.0)
     );
@@ -186,11 +188,12 @@ async fn token_expiring_mid_run_halts_the_poll_and_keeps_last_good_data() {
         Some(1.0)
     );
     assert_eq!(
-        value(
+        cell(
             &recovered,
-            &format!(
-                "whatsapp_flows_data_stale{{flow_id=\"{flow}\",granularity=\"hour\",metric=\"endpoint_request_count\"}}"
-            )
+            "whatsapp_flows_data_stale",
+            &flow,
+            "hour",
+            "endpoint_request_count"
         ),
         Some(0.0)
     );
@@ -233,11 +236,12 @@ async fn transient_errors_are_retried_then_marked_stale() {
         Some(1.0)
     );
     assert_eq!(
-        value(
+        cell(
             &text,
-            &format!(
-                "whatsapp_flows_data_stale{{flow_id=\"{flow}\",granularity=\"day\",metric=\"endpoint_request_count\"}}"
-            )
+            "whatsapp_flows_data_stale",
+            &flow,
+            "day",
+            "endpoint_request_count"
         ),
         Some(0.0)
     );
@@ -255,11 +259,12 @@ async fn transient_errors_are_retried_then_marked_stale() {
     let text = scrape(&ex);
     assert_eq!(value(&text, &series), Some(good));
     assert_eq!(
-        value(
+        cell(
             &text,
-            &format!(
-                "whatsapp_flows_data_stale{{flow_id=\"{flow}\",granularity=\"day\",metric=\"endpoint_request_count\"}}"
-            )
+            "whatsapp_flows_data_stale",
+            &flow,
+            "day",
+            "endpoint_request_count"
         ),
         Some(1.0)
     );
@@ -277,11 +282,12 @@ async fn transient_errors_are_retried_then_marked_stale() {
         f.id != flow && f.status == "PUBLISHED" && matches!(f.traffic, Traffic::Normal { .. })
     });
     assert_eq!(
-        value(
+        cell(
             &text,
-            &format!(
-                "whatsapp_flows_data_stale{{flow_id=\"{other}\",granularity=\"day\",metric=\"endpoint_request_count\"}}"
-            )
+            "whatsapp_flows_data_stale",
+            &other,
+            "day",
+            "endpoint_request_count"
         ),
         Some(0.0)
     );
@@ -290,11 +296,12 @@ async fn transient_errors_are_retried_then_marked_stale() {
     ex.poll(Granularity::Day).await;
     let text = scrape(&ex);
     assert_eq!(
-        value(
+        cell(
             &text,
-            &format!(
-                "whatsapp_flows_data_stale{{flow_id=\"{flow}\",granularity=\"day\",metric=\"endpoint_request_count\"}}"
-            )
+            "whatsapp_flows_data_stale",
+            &flow,
+            "day",
+            "endpoint_request_count"
         ),
         Some(0.0)
     );
@@ -422,11 +429,12 @@ async fn malformed_answers_are_counted_and_keep_last_good_data() {
             "case {i}"
         );
         assert_eq!(
-            value(
+            cell(
                 &text,
-                &format!(
-                    "whatsapp_flows_data_stale{{flow_id=\"{flow}\",granularity=\"hour\",metric=\"endpoint_request_latency_seconds_ceil\"}}"
-                )
+                "whatsapp_flows_data_stale",
+                &flow,
+                "hour",
+                "endpoint_request_latency_seconds_ceil"
             ),
             Some(1.0),
             "case {i}"

@@ -173,3 +173,11 @@ pub fn http() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// The value of a per-cell series (`flow_id`, `granularity`, `metric` labels).
+pub fn cell(text: &str, name: &str, flow: &str, granularity: &str, metric: &str) -> Option<f64> {
+    value(
+        text,
+        &format!("{name}{{flow_id=\"{flow}\",granularity=\"{granularity}\",metric=\"{metric}\"}}"),
+    )
+}
