@@ -120,7 +120,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    info!(address = %config.listen, wabas = config.wabas.len(), static_flows = config.flows.len(), "serving /metrics");
+    let address = listener.local_addr().unwrap_or(config.listen);
+    info!(%address, wabas = config.wabas.len(), static_flows = config.flows.len(), "serving /metrics");
     let exporter = Exporter::new(config, token, Clock::system())?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -22,6 +22,12 @@ use tracing::{debug, warn};
 use crate::exporter::{self, Exporter};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Connections served at once; further ones wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Largest request head (request line and headers) read; larger is refused.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Time a client gets to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A response body made of a few ready chunks, sent without copying them.
 #[derive(Debug, Default)]
@@ -61,8 +67,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // Stop accepting while MAX_CONNECTIONS are open, so a flood of clients
+        // cannot exhaust memory or file descriptors.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -84,7 +100,8 @@ pub async fn serve(
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         // Each connection task is watched by `graceful`, which waits for it below.
@@ -92,6 +109,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

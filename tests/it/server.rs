@@ -131,3 +131,56 @@ async fn landing_page_lists_flows_with_names_escaped() {
         "last poll time per flow"
     );
 }
+
+/// Sends raw bytes and returns the status line of the answer (or what came back).
+async fn raw_exchange(base: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn junk_gets_a_4xx_and_the_server_keeps_serving() {
+    let sb = realistic().await;
+    let ex = exporter(&sb.base_url);
+    ex.startup().await;
+    let srv = start_server(ex.clone()).await;
+
+    let junk = raw_exchange(
+        &srv.base,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+    )
+    .await;
+    assert!(
+        junk.starts_with("HTTP/1.1 400"),
+        "junk answered with {junk:?}"
+    );
+    let huge_header = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let big = raw_exchange(&srv.base, huge_header.as_bytes()).await;
+    assert!(
+        big.starts_with("HTTP/1.1 431") || big.starts_with("HTTP/1.1 400"),
+        "an oversized head answered with {big:?}"
+    );
+    let status = http()
+        .get(format!("{}/metrics", srv.base))
+        .send()
+        .await
+        .expect("scrape after junk")
+        .status();
+    assert_eq!(status, 200);
+}
