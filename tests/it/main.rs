@@ -6,5 +6,6 @@ mod discovery;
 mod errors;
 mod exposition;
 mod lifecycle;
+mod rules;
 mod server;
 mod support;
