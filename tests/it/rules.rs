@@ -44,6 +44,17 @@ pub fn alert_names(rules: &str) -> Vec<String> {
         .collect()
 }
 
+/// The names recording rules write (`- record: name` lines), without repeats.
+pub fn record_names(rules: &str) -> Vec<String> {
+    let mut names: Vec<String> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record:"))
+        .map(|n| n.trim().to_owned())
+        .collect();
+    names.dedup();
+    names
+}
+
 /// Each alert's lines, from its `- alert:` line to the next rule.
 fn alert_blocks(rules: &str) -> BTreeMap<String, String> {
     let mut blocks = BTreeMap::new();
