@@ -2,9 +2,13 @@
 //! checked through its public surface (Graph JSON in, exposition text out).
 
 mod config;
+mod dashboards;
 mod discovery;
 mod errors;
 mod exposition;
 mod lifecycle;
+mod prometheus;
+mod prometheus_e2e;
+mod rules;
 mod server;
 mod support;
