@@ -211,7 +211,7 @@ fn main() {
     for job in ["hour", "day", "lifetime"] {
         let sum = metric(
             &body,
-            &format!("whatsapp_flows_exporter_poll_duration_seconds_sum{{job=\"{job}\"}}"),
+            &format!("whatsapp_flows_exporter_poll_duration_seconds_sum{{poll=\"{job}\"}}"),
         );
         println!(
             "full poll ({job}): {:.0} calls in {sum:.2} s; bound {bound:.2} s (calls x latency / concurrency) -> {:.0} % of ideal",

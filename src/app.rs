@@ -189,18 +189,20 @@ pub async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
         tokio::spawn(sandbox.serve(sandbox_listener, shutdown.clone().cancelled_owned()));
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
 
-    println!(
-        "flows-exporter demo: a sandbox Graph API with realistic data, and the exporter polling it."
+    // One write, errors ignored: a closed stdout (say, piped into `head`) must
+    // not take the demo down.
+    let banner = format!(
+        "flows-exporter demo: a sandbox Graph API with realistic data, and the exporter polling it.\n\
+         \n  metrics:        http://{listen}/metrics\n  landing page:   http://{listen}/\n  \
+         readiness:      http://{listen}/-/ready\n  sandbox Graph:  \
+         http://{sandbox_addr}/v23.0/102290129340398/flows?fields=id,name,status \
+         (Authorization: Bearer {DEMO_TOKEN})\n\nPress Ctrl-C to stop.\n"
     );
-    println!();
-    println!("  metrics:        http://{listen}/metrics");
-    println!("  landing page:   http://{listen}/");
-    println!("  readiness:      http://{listen}/-/ready");
-    println!(
-        "  sandbox Graph:  http://{sandbox_addr}/v23.0/102290129340398/flows?fields=id,name,status (Authorization: Bearer {DEMO_TOKEN})"
-    );
-    println!();
-    println!("Press Ctrl-C to stop.");
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    }
 
     let result = run(exporter, listener, shutdown.clone()).await;
     shutdown.cancel();

@@ -80,35 +80,35 @@ impl Telemetry {
         let polls = IntCounterVec::new(
             opts(
                 "polls_total",
-                "Completed polls by job (hour, day, lifetime, discovery) and result: success, partial (some calls failed) or failed (no call succeeded).",
+                "Completed polls by poll (hour, day, lifetime, discovery) and result: success, partial (some calls failed) or failed (no call succeeded).",
             ),
-            &["job", "result"],
+            &["poll", "result"],
         )
         .expect("valid metric");
         let poll_duration = HistogramVec::new(
             HistogramOpts::new(
                 "poll_duration_seconds",
-                "Wall time of a complete poll, by job.",
+                "Wall time of a complete poll, by poll (hour, day, lifetime, discovery).",
             )
             .namespace(NS)
             .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 180.0, 600.0, 1800.0]),
-            &["job"],
+            &["poll"],
         )
         .expect("valid metric");
         let last_poll = GaugeVec::new(
             opts(
                 "last_poll_timestamp_seconds",
-                "Unix time at which the last poll of each job finished, whatever its result.",
+                "Unix time at which the last poll of each kind finished, whatever its result.",
             ),
-            &["job"],
+            &["poll"],
         )
         .expect("valid metric");
         let skipped_ticks = IntCounterVec::new(
             opts(
                 "skipped_ticks_total",
-                "Scheduled ticks skipped because the previous poll of the same job was still running.",
+                "Scheduled ticks skipped because the previous poll of the same kind was still running.",
             ),
-            &["job"],
+            &["poll"],
         )
         .expect("valid metric");
         let usage = GaugeVec::new(

@@ -29,14 +29,14 @@ async fn a_tick_during_a_running_poll_is_skipped_and_counted() {
     assert_eq!(
         value(
             &text,
-            "whatsapp_flows_exporter_skipped_ticks_total{job=\"hour\"}"
+            "whatsapp_flows_exporter_skipped_ticks_total{poll=\"hour\"}"
         ),
         Some(1.0)
     );
     assert_eq!(
         value(
             &text,
-            "whatsapp_flows_exporter_polls_total{job=\"hour\",result=\"success\"}"
+            "whatsapp_flows_exporter_polls_total{poll=\"hour\",result=\"success\"}"
         ),
         Some(1.0)
     );
@@ -76,7 +76,7 @@ enabled = false
     let out = scrape(&ex);
     let polls = value(
         &out,
-        "whatsapp_flows_exporter_polls_total{job=\"hour\",result=\"success\"}",
+        "whatsapp_flows_exporter_polls_total{poll=\"hour\",result=\"success\"}",
     )
     .expect("hour polls counted");
     // Start-up poll plus at least one cron tick in 3.5 s of a 1 s schedule.
@@ -140,19 +140,23 @@ async fn demo_serves_realistic_metrics_and_stops_on_sigterm() {
             .expect("start demo"),
     );
     let stdout = child.0.stdout.take().expect("stdout");
-    let metrics_url = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("metrics:")
-                    .map(|u| u.trim().to_owned())
-            })
-    })
-    .await
-    .expect("reader")
-    .expect("demo prints the metrics URL");
+    // Read every line (not just up to the URL): the demo must not see its
+    // stdout closed under it.
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+    let reader = std::thread::spawn(move || {
+        let mut url_tx = Some(url_tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.trim().strip_prefix("metrics:") {
+                if let Some(tx) = url_tx.take() {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        }
+    });
+    let metrics_url = tokio::time::timeout(Duration::from_secs(30), url_rx)
+        .await
+        .expect("demo prints its URLs within 30 s")
+        .expect("demo prints the metrics URL");
     let base = metrics_url.trim_end_matches("/metrics").to_owned();
     wait_ready(&base).await;
     let text = http()
@@ -185,6 +189,7 @@ async fn demo_serves_realistic_metrics_and_stops_on_sigterm() {
     sigterm(&child.0);
     let status = wait_exit(&mut child.0, Duration::from_secs(15));
     assert!(status.success(), "demo exited with {status}");
+    reader.join().expect("stdout reader");
 }
 
 #[tokio::test]

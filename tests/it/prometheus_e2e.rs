@@ -80,7 +80,7 @@ schedule = "0 0 0 1 1 *"
         ex.run_job(Job::Poll(g)).await;
     }
     prom.wait_for(
-        r#"sum(increase(whatsapp_flows_exporter_polls_total{exported_job="lifetime"}[1m])) > 0"#,
+        r#"sum(increase(whatsapp_flows_exporter_polls_total{poll="lifetime"}[1m])) > 0"#,
         WAIT,
     )
     .await;
