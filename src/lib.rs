@@ -27,6 +27,7 @@ pub mod app;
 pub mod config;
 pub mod exporter;
 pub mod exposition;
+pub mod flowdata;
 pub mod graph;
 pub mod model;
 pub mod poll;
