@@ -24,6 +24,7 @@
 //! - [`sandbox`]: a fake Graph API for the demo, tests and benchmarks.
 
 pub mod app;
+pub mod backfill;
 pub mod config;
 pub mod exporter;
 pub mod exposition;
