@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, Secret};
 use crate::flowdata;
@@ -141,8 +141,8 @@ pub struct Summary {
     pub samples: u64,
     /// Skipped windows by error class.
     pub skipped: BTreeMap<ErrorClass, u64>,
-    /// The first skipped windows, as examples.
-    pub skipped_examples: Vec<Skip>,
+    /// Skipped windows by flow and error class, with the first of them.
+    pub skipped_by_flow: BTreeMap<(String, ErrorClass), (u64, Skip)>,
     /// Graph calls by outcome (`success` or an error class).
     pub graph_calls: BTreeMap<String, u64>,
     pub throttle_waits: u64,
@@ -151,7 +151,8 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-const MAX_SKIP_EXAMPLES: usize = 10;
+/// Flows listed one by one under "skipped" in the summary.
+const MAX_SKIP_LINES: usize = 20;
 
 impl Summary {
     pub fn graph_calls_total(&self) -> u64 {
@@ -160,9 +161,10 @@ impl Summary {
 
     fn record_skip(&mut self, skip: Skip) {
         *self.skipped.entry(skip.class).or_default() += 1;
-        if self.skipped_examples.len() < MAX_SKIP_EXAMPLES {
-            self.skipped_examples.push(skip);
-        }
+        self.skipped_by_flow
+            .entry((skip.flow_id.clone(), skip.class))
+            .or_insert((0, skip))
+            .0 += 1;
     }
 }
 
@@ -206,14 +208,24 @@ impl fmt::Display for Summary {
                 "  skipped:     {skipped} windows: {}",
                 by_class.join(", ")
             )?;
-            for s in &self.skipped_examples {
-                writeln!(f, "               {s}")?;
+            for ((flow, class), (n, first)) in self.skipped_by_flow.iter().take(MAX_SKIP_LINES) {
+                if *class == ErrorClass::InsufficientData {
+                    writeln!(
+                        f,
+                        "               flow {flow}: {n} windows, insufficient data (139006)"
+                    )?;
+                } else {
+                    writeln!(
+                        f,
+                        "               flow {flow}: {n} windows, {class}; first: {first}"
+                    )?;
+                }
             }
-            if skipped as usize > self.skipped_examples.len() {
+            if self.skipped_by_flow.len() > MAX_SKIP_LINES {
                 writeln!(
                     f,
-                    "               ... and {} more (see the log)",
-                    skipped as usize - self.skipped_examples.len()
+                    "               ... and {} more flows (see the log)",
+                    self.skipped_by_flow.len() - MAX_SKIP_LINES
                 )?;
             }
         }
@@ -543,7 +555,7 @@ async fn fetch_history(
             },
             Err(e) if e.class == ErrorClass::InsufficientData => {
                 let s = skip(e.class, "insufficient data (139006)".to_owned());
-                info!(window = %s, "window skipped: fewer than 250 requests");
+                debug!(window = %s, "window skipped: fewer than 250 requests");
                 skipped.push(s);
             }
             Err(e)

@@ -119,6 +119,7 @@ fn main() -> ExitCode {
             ),
         )
         .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli, progress) {
         Ok(()) => ExitCode::SUCCESS,

@@ -334,7 +334,15 @@ impl RemoteSink {
                     }
                     (format!("HTTP {status}: {reason}"), retry_after)
                 }
-                Err(e) => (format!("request failed: {e}"), None),
+                Err(e) => {
+                    let mut message = format!("request failed: {e}");
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(cause) = source {
+                        message.push_str(&format!(": {cause}"));
+                        source = cause.source();
+                    }
+                    (message, None)
+                }
             };
             if attempt >= self.config.max_retries {
                 return Err(RemoteWriteError::GaveUp {
