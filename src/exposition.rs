@@ -2,8 +2,8 @@
 //! crate's data model and encoder, once per poll, and keeps the result ready to
 //! serve: the text and a pre-compressed gzip prefix (see [`Rendered`]).
 //!
-//! Also home of the pure flattening of Graph answers into samples: the per-bucket
-//! latency counts into a cumulative histogram.
+//! The flattening of Graph answers into samples (names, labels, the cumulative
+//! latency histogram) lives in `flowdata`, shared with the backfill.
 
 use std::collections::BTreeMap;
 
@@ -14,66 +14,14 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
+use crate::flowdata::{self, FamilyKind, PointSamples};
 use crate::model::{DataPoint, Granularity, MetricKind};
 use crate::snapshot::{CellStatus, Snapshot};
 
 const CACHED: &str = "Cached: refreshed when a poll of the Flows Metrics API ends, not on scrape, because Graph data lags hours and calls are rate limited.";
-const LATENCY: &str = "whatsapp_flows_endpoint_request_latency_seconds";
+const LATENCY: &str = flowdata::LATENCY.name;
 
-/// The error types Meta documents; a period's answer lists only the non-zero
-/// ones, so the missing ones are shown as 0.
-pub const KNOWN_ERROR_TYPES: [&str; 4] = [
-    "cannot_be_served",
-    "no_http_response_error",
-    "timeout_error",
-    "unexpected_http_status_code",
-];
-
-/// Cumulative latency buckets built from per-bucket ceil-second counts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LatencyHistogram {
-    /// `(le, cumulative count)` for le = 1..=10 seconds.
-    pub buckets: Vec<(f64, u64)>,
-    /// Every request, the `+Inf` bucket and `_count`.
-    pub count: u64,
-}
-
-/// Flattens `ENDPOINT_REQUEST_LATENCY_SECONDS_CEIL` data: key `"n"` (1..=10) holds
-/// requests that took more than n-1 and at most n seconds; `"10+"` holds the rest
-/// and goes only into `+Inf`. Missing keys are zero. Any other key, or a count
-/// that is not a whole number, is an error: the answer is not what Meta documents.
-pub fn latency_histogram(values: &[(String, f64)]) -> Result<LatencyHistogram, String> {
-    let mut per_bucket = [0u64; 10];
-    let mut over: u64 = 0;
-    for (key, v) in values {
-        if v.fract() != 0.0 || *v < 0.0 || *v > 1e15 {
-            return Err(format!(
-                "latency bucket `{key}` has a count that is not a whole number: {v}"
-            ));
-        }
-        let n = *v as u64;
-        match key.as_str() {
-            "10+" => over += n,
-            k => match k.parse::<usize>() {
-                Ok(i @ 1..=10) => per_bucket[i - 1] += n,
-                _ => return Err(format!("unknown latency bucket key `{key}`")),
-            },
-        }
-    }
-    let mut cumulative = 0u64;
-    let buckets = per_bucket
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            cumulative += n;
-            ((i + 1) as f64, cumulative)
-        })
-        .collect();
-    Ok(LatencyHistogram {
-        buckets,
-        count: cumulative + over,
-    })
-}
+pub use crate::flowdata::{KNOWN_ERROR_TYPES, LatencyHistogram, latency_histogram};
 
 /// A metric family under construction.
 struct Family(MetricFamily);
@@ -138,19 +86,6 @@ impl Family {
 
 fn unix(t: DateTime<Utc>) -> f64 {
     t.timestamp() as f64
-}
-
-/// The single value of REQUEST_COUNT and ERROR_RATE: key `value`, or the only key.
-fn single_value(values: &[(String, f64)]) -> Option<f64> {
-    values
-        .iter()
-        .find(|(k, _)| k == "value")
-        .or(if values.len() == 1 {
-            values.first()
-        } else {
-            None
-        })
-        .map(|(_, v)| *v)
 }
 
 /// One (flow, metric) cell of one granularity, as the render loops see it.
@@ -241,23 +176,31 @@ impl<'a> Renderer<'a> {
         self.emit(f);
     }
 
-    /// A family of per-flow data: `samples` adds the samples of one shown point.
-    fn per_point(
-        &mut self,
-        name: &str,
-        help: &str,
-        kind: MetricType,
-        metric: MetricKind,
-        samples: impl Fn(&mut Family, [(&str, &str); 2], &DataPoint),
-    ) {
-        let mut f = Family::new(name, &with_cached(help), kind);
+    /// A family of per-flow data: the samples of each shown point of `metric`,
+    /// flattened by [`flowdata::point_samples`] (shared with the backfill).
+    fn per_point(&mut self, metric: MetricKind) {
+        let family = flowdata::family(metric);
+        let kind = match family.kind {
+            FamilyKind::Gauge => MetricType::GAUGE,
+            FamilyKind::Histogram => MetricType::HISTOGRAM,
+        };
+        let mut f = Family::new(family.name, &with_cached(family.help), kind);
         for c in self.cells() {
-            if let Some(point) = c.shown(metric) {
-                samples(
-                    &mut f,
-                    [("flow_id", c.flow_id), ("granularity", c.granularity)],
-                    point,
-                );
+            let Some(point) = c.shown(metric) else {
+                continue;
+            };
+            let labels = [("flow_id", c.flow_id), ("granularity", c.granularity)];
+            // A latency point is validated when polled; an invalid one never
+            // becomes `shown`, so an error here cannot happen.
+            match flowdata::point_samples(metric, &point.values) {
+                Ok(PointSamples::None) | Err(_) => {}
+                Ok(PointSamples::Single(v)) => f.gauge(&labels, v),
+                Ok(PointSamples::ByLabel(name, values)) => {
+                    for (value, v) in &values {
+                        f.gauge(&[labels[0], labels[1], (name, value)], *v);
+                    }
+                }
+                Ok(PointSamples::Histogram(h)) => f.histogram(&labels, &h),
             }
         }
         self.emit(f);
@@ -306,75 +249,12 @@ pub fn render(snapshot: &Snapshot, granularities: &[Granularity], size_hint: usi
     }
     r.emit(info);
 
-    r.per_point(
-        "whatsapp_flows_endpoint_requests",
-        "Requests Meta sent to the flow's endpoint in the period whose start is whatsapp_flows_data_period_start_timestamp_seconds (a per-period value, not a counter).",
-        MetricType::GAUGE,
-        MetricKind::RequestCount,
-        |f, labels, p| {
-            if let Some(v) = single_value(&p.values) {
-                f.gauge(&labels, v);
-            }
-        },
-    );
-    r.per_point(
-        "whatsapp_flows_endpoint_request_errors",
-        "Failed endpoint requests in the period, by Meta's error_type (a per-period value, not a counter).",
-        MetricType::GAUGE,
-        MetricKind::RequestError,
-        |f, [flow, g], p| {
-            let mut by_type: BTreeMap<&str, f64> =
-                KNOWN_ERROR_TYPES.iter().map(|t| (*t, 0.0)).collect();
-            for (k, v) in &p.values {
-                *by_type.entry(k).or_default() += v;
-            }
-            for (t, v) in by_type {
-                f.gauge(&[flow, g, ("error_type", t)], v);
-            }
-        },
-    );
-    r.per_point(
-        "whatsapp_flows_endpoint_request_error_ratio",
-        "Failed endpoint requests divided by all endpoint requests in the period, 0 to 1, as Meta computes it.",
-        MetricType::GAUGE,
-        MetricKind::RequestErrorRate,
-        |f, labels, p| {
-            if let Some(v) = single_value(&p.values) {
-                f.gauge(&labels, v);
-            }
-        },
-    );
-    r.per_point(
-        LATENCY,
-        "Endpoint request latency in the period as Meta reports it, in whole seconds rounded up; a per-period snapshot, never rate() it. The sum is unknown and not published.",
-        MetricType::HISTOGRAM,
-        MetricKind::LatencySecondsCeil,
-        |f, labels, p| {
-            // Validated when polled; an invalid one never becomes `shown`.
-            if let Ok(h) = latency_histogram(&p.values) {
-                f.histogram(&labels, &h);
-            }
-        },
-    );
-    r.per_point(
-        "whatsapp_flows_endpoint_availability_checks",
-        "Meta's periodic endpoint availability checks in the period, by result (succeeded or failed); only flows with data_api_version 3.0 or later have them.",
-        MetricType::GAUGE,
-        MetricKind::Availability,
-        |f, [flow, g], p| {
-            for result in ["failed", "succeeded"] {
-                let n = p
-                    .values
-                    .iter()
-                    .filter(|(k, _)| k == result)
-                    .fold(0.0, |sum, (_, v)| sum + v);
-                f.gauge(&[flow, g, ("result", result)], n);
-            }
-        },
-    );
+    for metric in MetricKind::ALL {
+        r.per_point(metric);
+    }
     r.per_cell(
-        "whatsapp_flows_data_period_start_timestamp_seconds",
-        "Unix time at which the period shown for each metric begins: the newest period that has ended and settled (LIFETIME: its single point).",
+        flowdata::PERIOD_START.name,
+        flowdata::PERIOD_START.help,
         |c| c.cell.shown.as_ref().map(|p| unix(p.start)),
     );
     r.per_cell(
@@ -537,38 +417,6 @@ fn deflate(data: &[u8], flush: FlushCompress, mut out: Vec<u8>) -> Vec<u8> {
 mod tests {
     use super::*;
     use std::io::Read;
-
-    fn kv(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
-    }
-
-    #[test]
-    fn latency_buckets_from_the_docs_example() {
-        let h = latency_histogram(&kv(&[
-            ("1", 410.0),
-            ("3", 61.0),
-            ("10", 2.0),
-            ("10+", 33.0),
-        ]))
-        .expect("valid");
-        let cumulative: Vec<u64> = h.buckets.iter().map(|(_, c)| *c).collect();
-        assert_eq!(
-            cumulative,
-            vec![410, 410, 471, 471, 471, 471, 471, 471, 471, 473]
-        );
-        assert_eq!(h.buckets[9].0, 10.0);
-        assert_eq!(h.count, 506, "+Inf holds the 10+ requests too");
-    }
-
-    #[test]
-    fn latency_rejects_what_meta_does_not_document() {
-        assert!(latency_histogram(&kv(&[("11", 1.0)])).is_err());
-        assert!(latency_histogram(&kv(&[("0", 1.0)])).is_err());
-        assert!(latency_histogram(&kv(&[("fast", 1.0)])).is_err());
-        assert!(latency_histogram(&kv(&[("2", 1.5)])).is_err());
-        let empty = latency_histogram(&[]).expect("no keys is zero everywhere");
-        assert_eq!(empty.count, 0);
-    }
 
     #[test]
     fn gzip_prefix_plus_tail_is_one_valid_member() {

@@ -270,6 +270,22 @@ impl GraphClient {
         granularity: Granularity,
         since: Option<NaiveDate>,
     ) -> Result<Vec<DataPoint>, GraphError> {
+        self.fetch_metric_window(flow_id, metric, granularity, since, None)
+            .await
+    }
+
+    /// Fetches one metric of one flow for one granularity between two dates
+    /// (`since(...)` and `until(...)`; either may be left to Graph's default).
+    /// Whether Graph treats `until` as inclusive is undocumented: callers that
+    /// need an exact window ask a day more and filter the answer.
+    pub async fn fetch_metric_window(
+        &self,
+        flow_id: &str,
+        metric: MetricKind,
+        granularity: Granularity,
+        since: Option<NaiveDate>,
+        until: Option<NaiveDate>,
+    ) -> Result<Vec<DataPoint>, GraphError> {
         let mut fields = format!(
             "metric.name({}).granularity({})",
             metric.api_name(),
@@ -277,6 +293,9 @@ impl GraphClient {
         );
         if let Some(s) = since {
             fields.push_str(&format!(".since({})", s.format("%Y-%m-%d")));
+        }
+        if let Some(u) = until {
+            fields.push_str(&format!(".until({})", u.format("%Y-%m-%d")));
         }
         let mut url = self.url(flow_id)?;
         url.query_pairs_mut().append_pair("fields", &fields);

@@ -24,9 +24,11 @@
 //! - [`sandbox`]: a fake Graph API for the demo, tests and benchmarks.
 
 pub mod app;
+pub mod backfill;
 pub mod config;
 pub mod exporter;
 pub mod exposition;
+pub mod flowdata;
 pub mod graph;
 pub mod model;
 pub mod poll;

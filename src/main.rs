@@ -1,12 +1,23 @@
 //! Command line: parses arguments, sets up logging, loads the config and hands
 //! over to the library. Errors become the exit code here and only here.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+use flows_exporter::backfill::progress::{LogWriter, Progress};
+use flows_exporter::backfill::sink::{Auth, RemoteWriteConfig};
+use flows_exporter::backfill::{self, Output};
+use flows_exporter::config::Secret;
+use flows_exporter::model::{Clock, Granularity};
 use flows_exporter::{app, config::Config};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,19 +47,81 @@ enum Command {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Load the history Graph still serves (30 days of hour, 90 days of day data)
+    /// into an OpenMetrics file or a remote-write receiver, once.
+    Backfill(BackfillArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["output", "remote_write"]))]
+struct BackfillArgs {
+    #[arg(long, default_value = "config.toml")]
+    config: PathBuf,
+    /// First date (UTC) whose periods are backfilled, YYYY-MM-DD.
+    #[arg(long)]
+    since: NaiveDate,
+    /// Last date (UTC) whose periods are backfilled, YYYY-MM-DD, inclusive.
+    #[arg(long)]
+    until: NaiveDate,
+    /// Granularities, comma-separated (hour, day). Default: those enabled in the
+    /// config, except lifetime.
+    #[arg(long, value_delimiter = ',', value_parser = backfill::parse_granularity)]
+    granularity: Option<Vec<Granularity>>,
+    /// Write OpenMetrics text here, for `promtool tsdb create-blocks-from openmetrics`.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Send to this Prometheus remote-write endpoint (Prometheus:
+    /// /api/v1/write, VictoriaMetrics: /api/v1/write, Mimir: /api/v1/push).
+    #[arg(long, value_name = "URL")]
+    remote_write: Option<String>,
+    /// Extra header for remote write, `Name: value` (repeatable), e.g.
+    /// `X-Scope-OrgID: tenant-1` for Mimir.
+    #[arg(long = "remote-write-header", value_name = "HEADER")]
+    remote_write_headers: Vec<String>,
+    /// Basic-auth user name for remote write (with --remote-write-password-file).
+    #[arg(long, requires = "remote_write_password_file")]
+    remote_write_username: Option<String>,
+    /// File holding the basic-auth password.
+    #[arg(long, value_name = "FILE", requires = "remote_write_username")]
+    remote_write_password_file: Option<PathBuf>,
+    /// File holding a bearer token for remote write.
+    #[arg(long, value_name = "FILE", conflicts_with = "remote_write_username")]
+    remote_write_bearer_token_file: Option<PathBuf>,
+    /// Most samples in one remote-write request.
+    #[arg(long, default_value_t = 5000)]
+    remote_write_batch_samples: usize,
+    /// Retries of a remote-write request after a network error, 429 or 5xx.
+    #[arg(long, default_value_t = 5)]
+    remote_write_retries: u32,
+    /// First retry backoff in seconds, doubled each retry.
+    #[arg(long, default_value_t = 1.0)]
+    remote_write_backoff_seconds: f64,
+    /// Most periods one Graph call asks for (168 = a week of hours).
+    #[arg(long, default_value_t = backfill::DEFAULT_CHUNK_PERIODS, value_parser = clap::value_parser!(u32).range(1..))]
+    chunk_periods: u32,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A backfill on a terminal draws a progress bar; log lines go above it.
+    let progress = match &cli.command {
+        Command::Backfill(_) => Some(Progress::new(std::io::stderr().is_terminal())),
+        _ => None,
+    };
+    let writer = match &progress {
+        Some(p) => BoxMakeWriter::new(LogWriter(p.clone())),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOWS_EXPORTER_LOG").unwrap_or_else(
                 |_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"),
             ),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(cli) {
+    match run(cli, progress) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flows-exporter: error: {e:#}");
@@ -57,7 +130,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
             let path = config.display().to_string();
@@ -83,7 +156,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(app::serve(cfg))
         }
         Command::Demo { listen } => runtime()?.block_on(app::demo(listen)),
+        Command::Backfill(args) => {
+            let path = args.config.display().to_string();
+            let cfg = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            let token = cfg
+                .graph
+                .token
+                .load()
+                .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            let options = backfill_options(args)?;
+            let progress = progress.unwrap_or_else(Progress::hidden);
+            let summary = runtime()?.block_on(async {
+                tokio::select! {
+                    result = backfill::run(&cfg, token, Clock::system(), options, progress.clone()) => result,
+                    () = app::cancel_on_signal(tokio_util::sync::CancellationToken::new()) => Err(anyhow::anyhow!("interrupted; nothing was completed (a re-run starts over and writes the same samples)")),
+                }
+            });
+            progress.finish();
+            print!("{}", summary?);
+            Ok(())
+        }
     }
+}
+
+fn backfill_options(args: BackfillArgs) -> anyhow::Result<backfill::Options> {
+    let output = match (args.output, args.remote_write) {
+        (Some(path), _) => Output::File(path),
+        (None, Some(url)) => {
+            let read = |p: &PathBuf| -> anyhow::Result<Secret> {
+                let s = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                Ok(Secret::new(s.trim()))
+            };
+            let auth = match (
+                args.remote_write_username,
+                args.remote_write_password_file,
+                args.remote_write_bearer_token_file,
+            ) {
+                (Some(username), Some(password), _) => Some(Auth::Basic {
+                    username,
+                    password: read(&password)?,
+                }),
+                (_, _, Some(token)) => Some(Auth::Bearer(read(&token)?)),
+                _ => None,
+            };
+            let headers = args
+                .remote_write_headers
+                .iter()
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                        .with_context(|| {
+                            format!("--remote-write-header `{h}` is not `Name: value`")
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if !(args.remote_write_backoff_seconds.is_finite()
+                && args.remote_write_backoff_seconds >= 0.0)
+            {
+                anyhow::bail!("--remote-write-backoff-seconds must be a number of seconds");
+            }
+            Output::RemoteWrite(RemoteWriteConfig {
+                url,
+                auth,
+                headers,
+                batch_samples: args.remote_write_batch_samples.max(1),
+                max_retries: args.remote_write_retries,
+                retry_backoff: Duration::from_secs_f64(args.remote_write_backoff_seconds),
+                timeout: Duration::from_secs(60),
+            })
+        }
+        (None, None) => anyhow::bail!("give --output FILE or --remote-write URL"),
+    };
+    Ok(backfill::Options {
+        since: args.since,
+        until: args.until,
+        granularities: args.granularity,
+        chunk_periods: args.chunk_periods,
+        output,
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

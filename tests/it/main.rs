@@ -1,6 +1,7 @@
 //! Integration tests: the exporter against the sandbox Graph API on port 0,
 //! checked through its public surface (Graph JSON in, exposition text out).
 
+mod backfill;
 mod config;
 mod dashboards;
 mod discovery;

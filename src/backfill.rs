@@ -1,0 +1,655 @@
+//! One-shot backfill: the history Graph still serves (30 days of HOUR, 90 days
+//! of DAY), for every flow, written as the same series the live exporter
+//! serves, into an OpenMetrics file (for `promtool tsdb create-blocks-from
+//! openmetrics`) or to a remote-write receiver.
+//!
+//! ```text
+//! window (plan per granularity) ──► graph (one call per flow x metric x granularity x chunk)
+//!        ──► series (History: points → flowdata samples) ──► sink (openmetrics file | remote_write)
+//! ```
+//!
+//! Order and memory: families are written one after the other (OpenMetrics
+//! forbids interleaving them), so the outer loop is the metric; inside it each
+//! flow and granularity is fetched chunk by chunk, oldest first, into one
+//! `History` and written whole before it is dropped. A producer task fetches up
+//! to `graph.max_concurrency` histories ahead of the writer, through a channel
+//! of the same size, so memory holds at most about twice that many histories
+//! (each at most one granularity's window of one metric of one flow: 744 hours
+//! or 91 days), whatever the number of flows; the period-start family is
+//! spilled to a temporary file. A sample's timestamp is the start of its
+//! period, as Graph gives it.
+//!
+//! Errors per window: 139006 and other per-flow failures are reported and the
+//! window skipped (nothing is invented); throttling waits as Graph says and
+//! tries again; an invalid token, the Metrics API gone, throttling that does
+//! not end, or a receiver that rejects samples stop the run.
+
+pub mod openmetrics;
+pub mod progress;
+pub mod remote_write;
+pub mod series;
+pub mod sink;
+pub mod window;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Secret};
+use crate::flowdata;
+use crate::graph::{ErrorClass, GraphClient, GraphError};
+use crate::model::{Clock, Granularity, MetricKind};
+use crate::snapshot::Snapshot;
+use crate::telemetry::Telemetry;
+
+use self::progress::Progress;
+use self::series::History;
+use self::sink::{FileSink, RemoteSink, RemoteStats, RemoteWriteConfig};
+use self::window::{Chunk, Plan};
+
+/// Default most periods one Graph call asks for: a week of hours (90 days of
+/// DAY fit in one call). Graph's metric answers have no paging, so shorter
+/// windows keep each answer small and bound what one failed call loses.
+pub const DEFAULT_CHUNK_PERIODS: u32 = 168;
+
+/// How many times one call waits out throttling before the run gives up.
+const MAX_THROTTLE_WAITS: u32 = 10;
+/// The longest single wait for throttling to end.
+const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// Where the backfilled samples go.
+#[derive(Debug, Clone)]
+pub enum Output {
+    File(PathBuf),
+    RemoteWrite(RemoteWriteConfig),
+}
+
+/// What to backfill.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub since: NaiveDate,
+    pub until: NaiveDate,
+    /// `None`: every granularity enabled in the config except LIFETIME.
+    pub granularities: Option<Vec<Granularity>>,
+    pub chunk_periods: u32,
+    pub output: Output,
+}
+
+/// Parses `hour`, `day` (and refuses `lifetime`, which has no history).
+pub fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    match Granularity::ALL
+        .into_iter()
+        .find(|g| g.label().eq_ignore_ascii_case(s.trim()))
+    {
+        Some(Granularity::Lifetime) => Err(
+            "lifetime has a single data point and no history; backfill hour and/or day".to_owned(),
+        ),
+        Some(g) => Ok(g),
+        None => Err(format!("`{s}` is not a granularity (hour, day)")),
+    }
+}
+
+/// A window that was not written, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    pub flow_id: String,
+    pub metric: MetricKind,
+    pub granularity: Granularity,
+    pub chunk: Chunk,
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "flow {} {} {} {}..{}: {}",
+            self.flow_id,
+            self.granularity,
+            self.metric.label(),
+            self.chunk.since,
+            self.chunk.until,
+            self.message
+        )
+    }
+}
+
+/// Per granularity, for the summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GranularitySummary {
+    /// The dates fetched, after clamping.
+    pub window: Option<(NaiveDate, NaiveDate)>,
+    /// Distinct period starts written (bounded by the window, not the flows).
+    pub period_starts: BTreeSet<i64>,
+    /// Data points written (flow x metric x period).
+    pub points: u64,
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub flows: usize,
+    pub granularities: BTreeMap<Granularity, GranularitySummary>,
+    pub samples: u64,
+    /// Skipped windows by error class.
+    pub skipped: BTreeMap<ErrorClass, u64>,
+    /// Skipped windows by flow and error class, with the first of them.
+    pub skipped_by_flow: BTreeMap<(String, ErrorClass), (u64, Skip)>,
+    /// Graph calls by outcome (`success` or an error class).
+    pub graph_calls: BTreeMap<String, u64>,
+    pub throttle_waits: u64,
+    pub remote: Option<RemoteStats>,
+    pub output: Option<PathBuf>,
+    pub elapsed: Duration,
+}
+
+/// Flows listed one by one under "skipped" in the summary.
+const MAX_SKIP_LINES: usize = 20;
+
+impl Summary {
+    pub fn graph_calls_total(&self) -> u64 {
+        self.graph_calls.values().sum()
+    }
+
+    fn record_skip(&mut self, skip: Skip) {
+        *self.skipped.entry(skip.class).or_default() += 1;
+        self.skipped_by_flow
+            .entry((skip.flow_id.clone(), skip.class))
+            .or_insert((0, skip))
+            .0 += 1;
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "backfill finished in {:.1}s", self.elapsed.as_secs_f64())?;
+        writeln!(f, "  flows:       {}", self.flows)?;
+        for (g, s) in &self.granularities {
+            let window = match s.window {
+                Some((a, b)) => format!("{a}..{b}"),
+                None => "nothing served".to_owned(),
+            };
+            let range = match (s.period_starts.first(), s.period_starts.last()) {
+                (Some(a), Some(b)) => format!(", {} .. {}", fmt_unix(*a), fmt_unix(*b)),
+                _ => String::new(),
+            };
+            writeln!(
+                f,
+                "  {g:<5}        window {window}: {} periods{range}, {} data points",
+                s.period_starts.len(),
+                s.points
+            )?;
+        }
+        writeln!(f, "  samples:     {}", self.samples)?;
+        let skipped: u64 = self.skipped.values().sum();
+        if skipped == 0 {
+            writeln!(f, "  skipped:     none")?;
+        } else {
+            let by_class: Vec<String> = self
+                .skipped
+                .iter()
+                .map(|(class, n)| match class {
+                    ErrorClass::InsufficientData => {
+                        format!("{n} insufficient data (139006, fewer than 250 requests)")
+                    }
+                    other => format!("{n} {other}"),
+                })
+                .collect();
+            writeln!(
+                f,
+                "  skipped:     {skipped} windows: {}",
+                by_class.join(", ")
+            )?;
+            for ((flow, class), (n, first)) in self.skipped_by_flow.iter().take(MAX_SKIP_LINES) {
+                if *class == ErrorClass::InsufficientData {
+                    writeln!(
+                        f,
+                        "               flow {flow}: {n} windows, insufficient data (139006)"
+                    )?;
+                } else {
+                    writeln!(
+                        f,
+                        "               flow {flow}: {n} windows, {class}; first: {first}"
+                    )?;
+                }
+            }
+            if self.skipped_by_flow.len() > MAX_SKIP_LINES {
+                writeln!(
+                    f,
+                    "               ... and {} more flows (see the log)",
+                    self.skipped_by_flow.len() - MAX_SKIP_LINES
+                )?;
+            }
+        }
+        let calls: Vec<String> = self
+            .graph_calls
+            .iter()
+            .map(|(outcome, n)| format!("{n} {outcome}"))
+            .collect();
+        writeln!(
+            f,
+            "  Graph calls: {} ({}), {} throttling waits",
+            self.graph_calls_total(),
+            calls.join(", "),
+            self.throttle_waits
+        )?;
+        if let Some(r) = &self.remote {
+            writeln!(
+                f,
+                "  remote write: {} samples in {} requests ({} bytes), {} retries",
+                r.samples, r.requests, r.bytes, r.retries
+            )?;
+        }
+        if let Some(path) = &self.output {
+            writeln!(f, "  written to:  {}", path.display())?;
+        }
+        Ok(())
+    }
+}
+
+fn fmt_unix(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%dT%H:%MZ").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// What fetching one history produced.
+#[derive(Debug)]
+struct Fetched {
+    history: History,
+    skipped: Vec<Skip>,
+    throttle_waits: u64,
+}
+
+/// Plans every granularity asked for; clamps are logged as warnings.
+fn plans(
+    config: &Config,
+    options: &Options,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<Plan>> {
+    let granularities: Vec<Granularity> = match &options.granularities {
+        Some(list) => {
+            let mut list = list.clone();
+            list.sort();
+            list.dedup();
+            list
+        }
+        None => config
+            .granularities
+            .iter()
+            .map(|g| g.granularity)
+            .filter(|g| *g != Granularity::Lifetime)
+            .collect(),
+    };
+    if granularities.is_empty() {
+        anyhow::bail!(
+            "no granularity to backfill: enable hour or day in the config, or pass --granularity"
+        );
+    }
+    let mut plans = Vec::new();
+    for g in granularities {
+        let trust_after = config.granularity(g).map_or_else(
+            || Config::default_granularity(g).trust_after,
+            |c| c.trust_after,
+        );
+        let plan = window::plan(
+            g,
+            options.since,
+            options.until,
+            now,
+            trust_after,
+            options.chunk_periods,
+        )
+        .map_err(anyhow::Error::msg)?;
+        for clamp in &plan.clamps {
+            warn!(granularity = g.label(), "{clamp}");
+        }
+        if plan.window.is_none() {
+            warn!(
+                granularity = g.label(),
+                "nothing of the window is served for this granularity"
+            );
+        }
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+/// Runs a backfill to the end. The token is only sent to Graph.
+pub async fn run(
+    config: &Config,
+    token: Secret,
+    clock: Clock,
+    options: Options,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let now = clock.now();
+    let plans = plans(config, &options, now)?;
+    let telemetry = Arc::new(Telemetry::new());
+    let client = Arc::new(GraphClient::new(&config.graph, token, telemetry.clone())?);
+
+    // The flows, as the live exporter finds them.
+    let mut results = Vec::with_capacity(config.wabas.len());
+    for waba in &config.wabas {
+        let flows = client
+            .list_flows(waba)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list the flows of WABA {waba}: {e}"))?;
+        results.push((waba.clone(), Ok(flows)));
+    }
+    let mut snapshot = Snapshot::default();
+    snapshot.apply_discovery(&config.flows, results, now);
+    let flows: Vec<String> = snapshot.polled_flows().into_iter().map(|f| f.id).collect();
+    info!(
+        flows = flows.len(),
+        not_polled = snapshot.flows.len() - flows.len(),
+        "flows to backfill (DRAFT and DEPRECATED flows have no endpoint traffic)"
+    );
+
+    let mut summary = Summary {
+        flows: flows.len(),
+        ..Summary::default()
+    };
+    for p in &plans {
+        summary.granularities.insert(
+            p.granularity,
+            GranularitySummary {
+                window: p.window,
+                ..GranularitySummary::default()
+            },
+        );
+    }
+    let calls: usize =
+        plans.iter().map(|p| p.chunks.len()).sum::<usize>() * flows.len() * MetricKind::ALL.len();
+    progress.start(calls as u64);
+
+    let mut sink = match &options.output {
+        Output::File(path) => Sink::File(FileSink::create(path)?),
+        Output::RemoteWrite(cfg) => Sink::Remote(RemoteSink::new(cfg.clone())?),
+    };
+
+    // Producer: fetches histories in the order they are written, a few ahead.
+    let concurrency = config.graph.max_concurrency.max(1);
+    let (tx, mut rx) = mpsc::channel::<Result<Fetched, GraphError>>(concurrency);
+    let jobs: Vec<(MetricKind, String, Plan)> = MetricKind::ALL
+        .into_iter()
+        .flat_map(|m| {
+            let plans = &plans;
+            flows.iter().flat_map(move |f| {
+                plans
+                    .iter()
+                    .filter(|p| !p.chunks.is_empty())
+                    .map(move |p| (m, f.clone(), p.clone()))
+            })
+        })
+        .collect();
+    let retry_backoff = config.graph.retry_backoff;
+    let producer = {
+        let client = client.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut fetches = futures_util::stream::iter(jobs)
+                .map(|(metric, flow_id, plan)| {
+                    let client = client.clone();
+                    let progress = progress.clone();
+                    async move {
+                        fetch_history(&client, &progress, retry_backoff, flow_id, metric, &plan)
+                            .await
+                    }
+                })
+                .buffered(concurrency);
+            while let Some(fetched) = fetches.next().await {
+                let fatal = fetched.is_err();
+                if tx.send(fetched).await.is_err() || fatal {
+                    return;
+                }
+            }
+        })
+    };
+
+    // Consumer: writes each history whole, one family after the other.
+    let outcome = consume(&mut rx, &mut sink, &mut summary, &progress).await;
+    drop(rx);
+    producer.abort();
+    let _ = producer.await;
+    outcome?;
+
+    match sink {
+        Sink::File(file) => {
+            let written = file.finish()?;
+            debug_assert_eq!(written, summary.samples);
+            if let Output::File(path) = &options.output {
+                summary.output = Some(path.clone());
+            }
+        }
+        Sink::Remote(remote) => {
+            summary.remote = Some(remote.finish().await?);
+        }
+    }
+    progress.finish();
+    for outcome in std::iter::once("success").chain(ErrorClass::ALL.iter().map(|c| c.label())) {
+        let n = telemetry.graph_requests("metric", outcome)
+            + telemetry.graph_requests("flows", outcome);
+        if n > 0 {
+            summary.graph_calls.insert(outcome.to_owned(), n);
+        }
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+enum Sink {
+    File(FileSink),
+    Remote(RemoteSink),
+}
+
+async fn consume(
+    rx: &mut mpsc::Receiver<Result<Fetched, GraphError>>,
+    sink: &mut Sink,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let mut family: Option<MetricKind> = None;
+    while let Some(fetched) = rx.recv().await {
+        let fetched = fetched.map_err(|e| {
+            anyhow::anyhow!(
+                "backfill stopped: {e}{}",
+                match e.class {
+                    ErrorClass::Token => " (the access token is invalid or expired)",
+                    ErrorClass::ApiGone => " (the Metrics API is not served for this API version)",
+                    ErrorClass::Throttled =>
+                        " (Graph kept throttling; run again later, the backfill is idempotent)",
+                    _ => "",
+                }
+            )
+        })?;
+        let h = &fetched.history;
+        if family != Some(h.metric) {
+            family = Some(h.metric);
+            if let Sink::File(file) = sink {
+                file.family(flowdata::family(h.metric))?;
+            }
+        }
+        let written = match sink {
+            Sink::File(file) => file.history(h)?,
+            Sink::Remote(remote) => remote.history(h).await?,
+        };
+        summary.samples += written;
+        progress.samples_written(written);
+        if let Some(g) = summary.granularities.get_mut(&h.granularity) {
+            g.points += h.points.len() as u64;
+            g.period_starts.extend(h.points.iter().map(|(t, _)| *t));
+        }
+        summary.throttle_waits += fetched.throttle_waits;
+        for skip in fetched.skipped {
+            summary.record_skip(skip);
+        }
+    }
+    Ok(())
+}
+
+/// Fetches every chunk of one flow, metric and granularity, oldest first.
+/// Per-window failures become skips; a failure that would repeat for every
+/// later call (token, API gone, throttling that does not end) is returned.
+async fn fetch_history(
+    client: &GraphClient,
+    progress: &Progress,
+    retry_backoff: Duration,
+    flow_id: String,
+    metric: MetricKind,
+    plan: &Plan,
+) -> Result<Fetched, GraphError> {
+    let g = plan.granularity;
+    let mut points = Vec::new();
+    let mut skipped = Vec::new();
+    let mut throttle_waits = 0;
+    for chunk in &plan.chunks {
+        let mut waits = 0u32;
+        let answer = loop {
+            let answer = client
+                .fetch_metric_window(
+                    &flow_id,
+                    metric,
+                    g,
+                    Some(chunk.since),
+                    Some(chunk.query_until()),
+                )
+                .await;
+            match answer {
+                Err(e) if e.class == ErrorClass::Throttled && waits < MAX_THROTTLE_WAITS => {
+                    let wait = throttle_wait(e.regain_after, retry_backoff, waits);
+                    warn!(flow_id = %flow_id, metric = metric.api_name(), granularity = g.label(), wait_s = wait.as_secs_f64(), error = %e, "throttled by Graph; waiting as it says");
+                    tokio::time::sleep(wait).await;
+                    waits += 1;
+                    throttle_waits += 1;
+                }
+                other => break other,
+            }
+        };
+        progress.call_done();
+        let skip = |class: ErrorClass, message: String| Skip {
+            flow_id: flow_id.clone(),
+            metric,
+            granularity: g,
+            chunk: *chunk,
+            class,
+            message,
+        };
+        match answer {
+            Ok(answer) => match chunk_points(metric, plan, chunk, answer) {
+                Ok(kept) => points.extend(kept),
+                Err(message) => {
+                    let s = skip(ErrorClass::Malformed, message);
+                    warn!(error = %s, "window skipped: malformed answer");
+                    skipped.push(s);
+                }
+            },
+            Err(e) if e.class == ErrorClass::InsufficientData => {
+                let s = skip(e.class, "insufficient data (139006)".to_owned());
+                debug!(window = %s, "window skipped: fewer than 250 requests");
+                skipped.push(s);
+            }
+            Err(e)
+                if matches!(
+                    e.class,
+                    ErrorClass::Token | ErrorClass::ApiGone | ErrorClass::Throttled
+                ) =>
+            {
+                return Err(e);
+            }
+            Err(e) => {
+                let s = skip(e.class, e.to_string());
+                warn!(window = %s, fbtrace_id = ?e.fbtrace_id, "window skipped");
+                skipped.push(s);
+            }
+        }
+    }
+    // Chunks are disjoint and in time order; sort anyway in case an answer was
+    // not, and keep one point per period start.
+    points.sort_by_key(|(t, _)| *t);
+    points.dedup_by_key(|(t, _)| *t);
+    Ok(Fetched {
+        history: History {
+            flow_id,
+            granularity: g,
+            metric,
+            points,
+        },
+        skipped,
+        throttle_waits,
+    })
+}
+
+/// The kept points of one chunk's answer, flattened; an error if any kept
+/// point is not what Meta documents (the whole chunk is then skipped).
+fn chunk_points(
+    metric: MetricKind,
+    plan: &Plan,
+    chunk: &Chunk,
+    answer: Vec<crate::model::DataPoint>,
+) -> Result<Vec<(i64, flowdata::PointSamples)>, String> {
+    answer
+        .into_iter()
+        .filter(|p| plan.keeps(chunk, p.start))
+        .map(|p| flowdata::point_samples(metric, &p.values).map(|s| (p.start.timestamp(), s)))
+        .collect()
+}
+
+/// How long to wait after throttling: Graph's `estimated_time_to_regain_access`
+/// when it gave one, else a doubling backoff; at most an hour at a time.
+pub fn throttle_wait(regain: Option<Duration>, backoff: Duration, waits: u32) -> Duration {
+    regain
+        .unwrap_or_else(|| backoff.saturating_mul(2u32.saturating_pow(waits + 1)))
+        .min(MAX_THROTTLE_WAIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_waits_follow_graph_then_back_off() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            throttle_wait(Some(minute * 7), Duration::from_secs(2), 0),
+            minute * 7
+        );
+        assert_eq!(
+            throttle_wait(Some(minute * 600), Duration::ZERO, 0),
+            MAX_THROTTLE_WAIT
+        );
+        assert_eq!(
+            throttle_wait(None, Duration::from_secs(2), 0),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            throttle_wait(None, Duration::from_secs(2), 2),
+            Duration::from_secs(16)
+        );
+        assert_eq!(
+            throttle_wait(None, Duration::from_secs(2), 40),
+            MAX_THROTTLE_WAIT
+        );
+    }
+
+    #[test]
+    fn granularities_parse_and_lifetime_is_refused() {
+        assert_eq!(parse_granularity("hour"), Ok(Granularity::Hour));
+        assert_eq!(parse_granularity(" DAY "), Ok(Granularity::Day));
+        assert!(
+            parse_granularity("lifetime")
+                .expect_err("refused")
+                .contains("no history")
+        );
+        assert!(parse_granularity("week").is_err());
+    }
+}
