@@ -881,3 +881,177 @@ async fn long_throttle_pauses_every_call() {
         "every polled flow shows it is throttled"
     );
 }
+
+/// The same faults on the flows listing of one WABA: discovery keeps the flows it
+/// knew, the other WABA is listed as usual, the failure shows as
+/// `discovery_failing{class}` with the listing's last success time kept and one log
+/// line, and the next discovery after the fault clears recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discovery_fault_matrix() {
+    let faults: Vec<(&str, Inject, &str, bool)> = vec![
+        (
+            "reset",
+            Inject::Transport(Transport::Reset),
+            "network",
+            false,
+        ),
+        (
+            "stalled body",
+            Inject::Transport(Transport::StallBody {
+                after_bytes: 10,
+                stall: Duration::from_secs(2),
+            }),
+            "network",
+            true,
+        ),
+        (
+            "body cut off",
+            Inject::Transport(Transport::TruncatedBody { after_bytes: 10 }),
+            "network",
+            true,
+        ),
+        (
+            "oversized body",
+            Inject::Transport(Transport::Oversized {
+                bytes: flows_exporter::graph::MAX_BODY_BYTES + 1,
+            }),
+            "malformed",
+            true,
+        ),
+        ("502", answer(502, "Bad Gateway"), "transient", true),
+        (
+            "invalid JSON",
+            answer(200, "{\"data\": [{"),
+            "malformed",
+            true,
+        ),
+        (
+            "wrong shape",
+            answer(200, "{\"data\": {\"id\": \"1\"}}"),
+            "malformed",
+            true,
+        ),
+        (
+            "permission 200",
+            graph_error(403, 200, None, "(#200) Permissions error"),
+            "permission",
+            true,
+        ),
+        (
+            "token 190",
+            graph_error(401, 190, Some(463), "Session has expired"),
+            "token",
+            true,
+        ),
+        (
+            "throttled 80008",
+            graph_error(400, 80008, None, "Too many calls"),
+            "throttled",
+            true,
+        ),
+    ];
+    let listing = |text: &str| {
+        let mut lines = samples(text, "whatsapp_flows_flow_info");
+        lines.extend(samples(text, "whatsapp_flows_exporter_discovered_flows"));
+        lines
+    };
+    let last_listed = |text: &str, waba: &str| {
+        value(
+            text,
+            &format!(
+                "whatsapp_flows_exporter_discovery_last_success_timestamp_seconds{{waba_id=\"{waba}\"}}"
+            ),
+        )
+    };
+    for (name, inject, class, trace) in faults {
+        let rig = Rig::start().await;
+        let t0 = now().timestamp() as f64;
+        let (healthy, _) = rig.scrape().await;
+        let flows = listing(&healthy);
+        let target = FaultTarget::FlowsList {
+            waba_id: Some(WABA_1.to_owned()),
+        };
+        match inject {
+            Inject::Transport(t) => rig.sandbox.inject_transport(target, t, None),
+            Inject::Fault {
+                status,
+                body,
+                delay,
+            } => rig.sandbox.inject(
+                target,
+                Fault {
+                    status,
+                    body,
+                    delay,
+                    times: None,
+                },
+            ),
+            other => panic!("{name}: not a listing fault: {other:?}"),
+        }
+        let t1 = rig.tick();
+        let logs = Logs::default();
+        let exporter = rig.exporter.clone();
+        let discovery = tokio::spawn(
+            async move { exporter.discover().await }.with_subscriber(logs.subscriber()),
+        );
+        let mut slowest = Duration::ZERO;
+        loop {
+            let finished = discovery.is_finished();
+            slowest = slowest.max(rig.scrape().await.1);
+            if finished {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        discovery.await.expect("discovery does not panic");
+        assert!(slowest < SCRAPE_BUDGET, "{name}: /metrics took {slowest:?}");
+        let (text, _) = rig.scrape().await;
+        assert_eq!(listing(&text), flows, "{name}: known flows kept");
+        assert_eq!(last_listed(&text, WABA_1), Some(t0), "{name}");
+        // Throttling pauses the whole client, so the other WABA waits too.
+        let failing_wabas: &[&str] = if class == "throttled" {
+            &[WABA_1, WABA_2]
+        } else {
+            &[WABA_1]
+        };
+        let expected: Vec<String> = failing_wabas
+            .iter()
+            .map(|waba| {
+                format!(
+                    "whatsapp_flows_exporter_discovery_failing{{waba_id=\"{waba}\",class=\"{class}\"}} 1"
+                )
+            })
+            .collect();
+        assert_eq!(
+            samples(&text, "whatsapp_flows_exporter_discovery_failing"),
+            expected,
+            "{name}"
+        );
+        let other = if failing_wabas.len() == 2 { t0 } else { t1 };
+        assert_eq!(last_listed(&text, WABA_2), Some(other), "{name}");
+        let lines: Vec<String> = logs
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("cannot list flows") && l.contains(WABA_1))
+            .collect();
+        assert_eq!(lines.len(), 1, "{name}: {lines:#?}");
+        assert_eq!(
+            lines[0].contains("fbtrace_id=Some(\"A"),
+            trace,
+            "{name}: {}",
+            lines[0]
+        );
+
+        rig.sandbox.clear_faults();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let t2 = rig.tick();
+        rig.exporter.discover().await;
+        let (text, _) = rig.scrape().await;
+        assert_eq!(listing(&text), flows, "{name}: recovered");
+        assert_eq!(last_listed(&text, WABA_1), Some(t2), "{name}");
+        assert!(
+            samples(&text, "whatsapp_flows_exporter_discovery_failing").is_empty(),
+            "{name}"
+        );
+    }
+}
