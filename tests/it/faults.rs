@@ -62,8 +62,6 @@ struct Case {
     scope: Scope,
     inject: Inject,
     class: &'static str,
-    /// The class stops the poll: only the first failure is logged, the rest are saved.
-    halts: bool,
     /// The failure log line carries an `fbtrace_id` (body or `x-fb-trace-id`).
     trace: bool,
     /// Graph calls the faulted poll makes to the cells the fault hits.
@@ -74,6 +72,8 @@ struct Case {
     settle: Duration,
     /// Text the failure log line must contain.
     says: Option<&'static str>,
+    /// Failure log lines when not one per hit cell (halting classes: 1).
+    lines: Option<usize>,
 }
 
 impl Case {
@@ -83,12 +83,12 @@ impl Case {
             scope,
             inject,
             class,
-            halts: false,
             trace: true,
             calls: None,
             gauge: None,
             settle: Duration::ZERO,
             says: None,
+            lines: None,
         }
     }
 
@@ -108,7 +108,13 @@ impl Case {
     }
 
     fn halting(mut self) -> Case {
-        self.halts = true;
+        self.lines = Some(1);
+        self
+    }
+
+    /// A network failure of every call: the poll stops after three in a row.
+    fn unreachable(mut self) -> Case {
+        self.lines = Some(3);
         self
     }
 }
@@ -143,7 +149,24 @@ fn matrix() -> Vec<Case> {
     let mut cases = vec![
         Case::new("connect refused", All, Inject::StopGraph, "network")
             .no_trace()
+            .unreachable()
             .says("cannot connect"),
+        // Every call hangs: three timeouts (two attempts each), then the poll stops
+        // rather than spend 30 cells x 2 attempts x 1 s.
+        Case::new(
+            "Graph hangs",
+            All,
+            Inject::Fault {
+                status: 200,
+                body: "{}".into(),
+                delay: Duration::from_secs(3),
+            },
+            "network",
+        )
+        .no_trace()
+        .unreachable()
+        .calls(6)
+        .says("timed out"),
         Case::new(
             "timeout",
             Cell,
@@ -671,11 +694,7 @@ async fn check_fault(case: &Case) -> Duration {
         .iter()
         .filter(|l| l.contains("metric poll failed"))
         .collect();
-    let expected_lines = if case.halts {
-        1
-    } else {
-        failing.values().sum::<f64>() as usize
-    };
+    let expected_lines = case.lines.unwrap_or(failing.values().sum::<f64>() as usize);
     assert_eq!(failures.len(), expected_lines, "{name}: {logs:#?}");
     for line in &failures {
         assert!(
