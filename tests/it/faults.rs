@@ -516,7 +516,7 @@ enabled = false
         (logs.lines(), slowest)
     }
 
-    fn inject(&mut self, case: &Case) {
+    async fn inject(&mut self, case: &Case) {
         let target = target(case.scope);
         match &case.inject {
             Inject::Fault {
@@ -537,7 +537,16 @@ enabled = false
                 self.sandbox.set_business_usage_header(usage.clone());
                 self.sandbox.inject(target, fault.clone());
             }
-            Inject::StopGraph => drop(self.running.take()),
+            Inject::StopGraph => {
+                drop(self.running.take());
+                // The listener closes in the sandbox's task; wait until it has, so
+                // the poll meets a refusal, not a backlog nobody accepts.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                    assert!(Instant::now() < deadline, "the sandbox does not stop");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
         }
     }
 
@@ -611,7 +620,7 @@ async fn check_fault(case: &Case) -> Duration {
     assert!(samples(&healthy, "whatsapp_flows_exporter_flow_failing_metrics").is_empty());
 
     // The fault.
-    rig.inject(case);
+    rig.inject(case).await;
     let t1 = rig.tick();
     let calls_before = rig.sandbox.metric_requests().len();
     let (logs, slowest) = rig.poll_while_scraping().await;
