@@ -5,7 +5,7 @@
 //! never calls Graph.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -19,6 +19,12 @@ use crate::model::{Clock, DataPoint, Flow, Granularity, MetricKind};
 use crate::poll;
 use crate::snapshot::{CellStatus, Cells, Snapshot};
 use crate::telemetry::Telemetry;
+
+/// Network failures in a row (refused, reset, timed out, cut off) after which a
+/// poll stops calling Graph: one flaky call fails one cell, but when Graph is
+/// unreachable or hangs every call fails alike, and with timeouts and retries a
+/// poll of every flow would otherwise take hours.
+const NETWORK_HALT_AFTER: u32 = 3;
 
 /// A scheduled unit of work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -187,6 +193,8 @@ impl Exporter {
         };
         let since = poll::query_since(&gcfg, now);
         let halt: Mutex<Option<GraphError>> = Mutex::new(None);
+        // Network failures in a row: Graph is unreachable or hangs for everyone.
+        let network_streak = AtomicU32::new(0);
         let mut pairs = Vec::with_capacity(flows.len() * MetricKind::ALL.len());
         for flow in &flows {
             for metric in MetricKind::ALL {
@@ -197,6 +205,7 @@ impl Exporter {
             .into_iter()
             .map(|(flow, metric)| -> CallFuture<'_> {
                 let halt = &halt;
+                let network_streak = &network_streak;
                 let gcfg = &gcfg;
                 Box::pin(async move {
                     let halted = halt.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -210,8 +219,17 @@ impl Exporter {
                         .and_then(|points| {
                             choose_point(points, metric, granularity, gcfg.trust_after, now)
                         });
+                    let streak = match &answer {
+                        Err(e) if e.class == ErrorClass::Network => {
+                            network_streak.fetch_add(1, Ordering::Relaxed) + 1
+                        }
+                        _ => {
+                            network_streak.store(0, Ordering::Relaxed);
+                            0
+                        }
+                    };
                     if let Err(e) = &answer {
-                        if e.class.halts_poll() {
+                        if e.class.halts_poll() || streak >= NETWORK_HALT_AFTER {
                             let mut h = halt.lock().unwrap_or_else(|e| e.into_inner());
                             h.get_or_insert_with(|| e.clone());
                         }

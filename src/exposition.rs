@@ -315,6 +315,20 @@ pub fn render(snapshot: &Snapshot, granularities: &[Granularity], size_hint: usi
     }
     r.emit(waba_success);
 
+    let mut waba_failing = Family::new(
+        "whatsapp_flows_exporter_discovery_failing",
+        &with_cached(
+            "1 while the last listing of this WABA's flows failed, by error class; absent when it succeeded. Its flows known before are kept.",
+        ),
+        MetricType::GAUGE,
+    );
+    for (waba, state) in &snapshot.wabas {
+        if let Some(class) = state.last_error {
+            waba_failing.gauge(&[("waba_id", waba), ("class", class.label())], 1.0);
+        }
+    }
+    r.emit(waba_failing);
+
     let mut per_status: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for f in snapshot.flows.values() {
         *per_status

@@ -346,10 +346,15 @@ impl GraphClient {
                 return Err(e);
             }
             let started = Instant::now();
-            let result = match self.attempt(&url).await {
-                Ok(body) => parse(&body),
-                Err(e) => Err(e),
-            };
+            let (result, header_trace) = self.attempt(&url).await;
+            let result = result.and_then(|body| parse(&body)).map_err(|mut e| {
+                // An answer without a Graph error envelope (a proxy's 5xx, garbage,
+                // a body cut off) still has the trace id header Meta support asks for.
+                if e.fbtrace_id.is_none() {
+                    e.fbtrace_id = header_trace;
+                }
+                e
+            });
             let result = result.map_err(|e| self.redact(e));
             let outcome = match &result {
                 Ok(_) => "success",
@@ -394,26 +399,43 @@ impl GraphClient {
         base.mul_f64(jitter)
     }
 
-    /// One HTTP exchange: status, headers, capped body.
-    async fn attempt(&self, url: &Url) -> Result<bytes::Bytes, GraphError> {
-        let response = self
+    /// One HTTP exchange: status, headers, capped body; with the `x-fb-trace-id`
+    /// header when an answer came.
+    async fn attempt(&self, url: &Url) -> (Result<bytes::Bytes, GraphError>, Option<String>) {
+        let response = match self
             .http
             .get(url.clone())
             .bearer_auth(self.token.expose())
             .send()
             .await
-            .map_err(|e| GraphError::new(ErrorClass::Network, network_message(&e)))?;
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Err(GraphError::new(ErrorClass::Network, network_message(&e))),
+                    None,
+                );
+            }
+        };
         let status = response.status().as_u16();
+        let trace = response
+            .headers()
+            .get("x-fb-trace-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.chars().take(64).collect());
         let regain = self.record_headers(response.headers());
-        let body = read_capped(response).await?;
+        let body = match read_capped(response).await {
+            Ok(b) => b,
+            Err(e) => return (Err(e), trace),
+        };
         if (200..300).contains(&status) {
-            return Ok(body);
+            return (Ok(body), trace);
         }
         let mut e = wire::parse_error(status, &body);
         if e.class == ErrorClass::Throttled {
             e.regain_after = regain;
         }
-        Err(e)
+        (Err(e), trace)
     }
 
     /// Records rate-limit usage and the served API version; returns the longest

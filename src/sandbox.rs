@@ -15,7 +15,6 @@ mod graph;
 #[cfg(test)]
 mod tests;
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -25,7 +24,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
-use http_body_util::Full;
+use futures_util::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -81,6 +83,9 @@ struct State {
     latency: Duration,
     /// Checked newest first.
     faults: Vec<(FaultTarget, Fault)>,
+    /// Checked newest first; each with how many calls it still answers.
+    transports: Vec<(FaultTarget, Transport, Option<u32>)>,
+    business_usage: UsageHeader,
     metric_log: Vec<(String, MetricKind, Granularity)>,
     usage: graph::Usage,
 }
@@ -123,6 +128,35 @@ pub struct Fault {
     pub times: Option<u32>,
 }
 
+/// How an answer travels, for faults below the Graph level: the answer (normal or an
+/// injected `Fault`) is decided as usual, then delivered this way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// The connection is closed without an answer, as by a reset.
+    Reset,
+    /// Status, headers (with the full `content-length`) and the first `after_bytes`
+    /// bytes of the body, then nothing for `stall`, then the rest.
+    StallBody { after_bytes: usize, stall: Duration },
+    /// Status, headers (with the full `content-length`) and the first `after_bytes`
+    /// bytes of the body, then the connection is closed.
+    TruncatedBody { after_bytes: usize },
+    /// A 200 that starts like a metric answer and goes on with whitespace to `bytes`
+    /// bytes in all, chunked (no `content-length`), so only a reader that caps what it
+    /// reads is safe.
+    Oversized { bytes: usize },
+}
+
+/// What the `X-Business-Use-Case-Usage` header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageHeader {
+    /// The sandbox's own count of calls per WABA (the default).
+    Computed,
+    /// No such header at all.
+    Omitted,
+    /// This value as is, e.g. with an `estimated_time_to_regain_access` above zero.
+    Fixed(String),
+}
+
 /// Which calls a fault answers; `None` matches anything.
 ///
 /// Faults are checked after the token, the path and (for metrics) the `fields` syntax,
@@ -150,6 +184,8 @@ impl Sandbox {
             empty_page_after: None,
             latency: Duration::ZERO,
             faults: Vec::new(),
+            transports: Vec::new(),
+            business_usage: UsageHeader::Computed,
             metric_log: Vec::new(),
             usage: graph::Usage::default(),
         };
@@ -268,8 +304,35 @@ impl Sandbox {
         self.state().faults.push((target, fault));
     }
 
+    /// Adds a transport fault. Later ones are checked first; with `times: Some(n)` it
+    /// shapes n matching calls, then disappears.
+    pub fn inject_transport(&self, target: FaultTarget, transport: Transport, times: Option<u32>) {
+        self.state().transports.push((target, transport, times));
+    }
+
+    /// Removes every fault, transport faults included.
     pub fn clear_faults(&self) {
-        self.state().faults.clear();
+        let mut state = self.state();
+        state.faults.clear();
+        state.transports.clear();
+    }
+
+    /// What every later answer sends as `X-Business-Use-Case-Usage`.
+    pub fn set_business_usage_header(&self, header: UsageHeader) {
+        self.state().business_usage = header;
+    }
+
+    /// A `X-Business-Use-Case-Usage` value for one WABA at full usage that asks to wait
+    /// `regain_minutes` (Meta sends whole minutes; fractions make short test waits).
+    pub fn throttled_usage(waba_id: &str, regain_minutes: f64) -> String {
+        serde_json::json!({ waba_id: [{
+            "type": "whatsapp_business_management",
+            "call_count": 100,
+            "total_cputime": 40,
+            "total_time": 60,
+            "estimated_time_to_regain_access": regain_minutes,
+        }]})
+        .to_string()
     }
 
     /// A Graph error envelope: `{"error": {"message", "type", "code", "error_subcode"?,
@@ -361,7 +424,7 @@ impl Sandbox {
                         let sandbox = self.clone();
                         let service = service_fn(move |req| {
                             let sandbox = sandbox.clone();
-                            async move { Ok::<_, Infallible>(sandbox.answer(req).await) }
+                            sandbox.answer(req)
                         });
                         let connection = http1::Builder::new()
                             .timer(TokioTimer::new())
@@ -399,8 +462,9 @@ impl Sandbox {
         Ok(())
     }
 
-    /// One HTTP exchange: route, wait out latency and fault delay, answer.
-    async fn answer(self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// One HTTP exchange: route, wait out latency and fault delay, answer. An error
+    /// makes hyper close the connection without an answer (`Transport::Reset`).
+    async fn answer(self, req: Request<Incoming>) -> io::Result<Response<Body>> {
         let authorization = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -437,15 +501,26 @@ impl Sandbox {
             } => (status, body, delay),
             graph::Answer::Metric(query) => (200, graph::metric_body(&query, now), Duration::ZERO),
         };
-        let (app_usage, business_usage) = self.state().usage.record(routed.waba.as_deref(), now);
+        let (app_usage, business_usage) = {
+            let mut state = self.state();
+            let (app, computed) = state.usage.record(routed.waba.as_deref(), now);
+            let business = match &state.business_usage {
+                UsageHeader::Computed => Some(computed),
+                UsageHeader::Omitted => None,
+                UsageHeader::Fixed(value) => Some(value.clone()),
+            };
+            (app, business)
+        };
 
         let mut headers = vec![
             ("content-type", "application/json; charset=UTF-8".to_owned()),
             ("facebook-api-version", routed.version),
             ("x-fb-trace-id", trace_id),
             ("x-app-usage", app_usage),
-            ("x-business-use-case-usage", business_usage),
         ];
+        if let Some(value) = business_usage {
+            headers.push(("x-business-use-case-usage", value));
+        }
         if status == 401 {
             headers.push((
                 "www-authenticate",
@@ -458,6 +533,7 @@ impl Sandbox {
             headers,
             body,
             delay: latency + fault_delay,
+            transport: routed.transport,
         }
     }
 
@@ -494,22 +570,90 @@ struct Reply {
     headers: Vec<(&'static str, String)>,
     body: String,
     delay: Duration,
+    transport: Option<Transport>,
+}
+
+/// An answer body: whole, or streamed in parts when a transport fault shapes it.
+type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Whitespace for `Transport::Oversized`, sent in pieces of this size.
+static PADDING: [u8; 64 * 1024] = [b' '; 64 * 1024];
+
+fn whole(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 impl Reply {
-    fn into_response(self) -> Response<Full<Bytes>> {
-        let mut builder = Response::builder().status(self.status);
+    fn into_response(self) -> io::Result<Response<Body>> {
+        let mut status = self.status;
+        let body = Bytes::from(self.body);
+        let mut content_length = None;
+        let body = match self.transport {
+            None => whole(body),
+            Some(Transport::Reset) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "injected connection reset",
+                ));
+            }
+            Some(Transport::StallBody { after_bytes, stall }) => {
+                content_length = Some(body.len());
+                let head = body.slice(..after_bytes.min(body.len()));
+                let tail = body.slice(head.len()..);
+                let head = futures_util::stream::once(async move { Ok(Frame::data(head)) });
+                let tail = futures_util::stream::once(async move {
+                    tokio::time::sleep(stall).await;
+                    Ok(Frame::data(tail))
+                });
+                StreamBody::new(head.chain(tail)).boxed_unsync()
+            }
+            Some(Transport::TruncatedBody { after_bytes }) => {
+                content_length = Some(body.len());
+                let head = body.slice(..after_bytes.min(body.len()));
+                let head = futures_util::stream::once(async move { Ok(Frame::data(head)) });
+                // hyper writes what it has before it polls the body again; the pause
+                // lets the head and the first bytes leave before the cut.
+                let cut = futures_util::stream::once(async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "injected truncation",
+                    ))
+                });
+                StreamBody::new(head.chain(cut)).boxed_unsync()
+            }
+            Some(Transport::Oversized { bytes }) => {
+                status = 200;
+                let head = Bytes::from_static(
+                    br#"{"id":"0","metric":{"name":"ENDPOINT_REQUEST_COUNT","granularity":"HOUR","data_points":["#,
+                );
+                let mut left = bytes.saturating_sub(head.len());
+                let padding = std::iter::from_fn(move || {
+                    let n = left.min(PADDING.len());
+                    left -= n;
+                    (n > 0).then(|| Ok(Frame::data(Bytes::from_static(&PADDING[..n]))))
+                });
+                let parts = futures_util::stream::iter(
+                    std::iter::once(Ok(Frame::data(head))).chain(padding),
+                );
+                StreamBody::new(parts).boxed_unsync()
+            }
+        };
+        let mut builder = Response::builder().status(status);
         for (name, value) in &self.headers {
             builder = builder.header(*name, value.as_str());
         }
-        builder
-            .body(Full::new(Bytes::from(self.body)))
-            .unwrap_or_else(|err| {
-                // Only an injected fault with an impossible status gets here.
-                warn!(status = self.status, error = %err, "sandbox cannot build answer");
-                let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-                *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
-                response
-            })
+        if let Some(n) = content_length {
+            builder = builder.header(header::CONTENT_LENGTH, n);
+        }
+        Ok(builder.body(body).unwrap_or_else(|err| {
+            // Only an injected fault with an impossible status gets here.
+            warn!(status, error = %err, "sandbox cannot build answer");
+            let mut response = Response::new(whole(Bytes::from_static(b"{}")));
+            *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }))
     }
 }

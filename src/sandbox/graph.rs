@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde_json::{Map, Value, json};
 
 use super::data::{self, Point, Window};
-use super::{Fault, FaultTarget, SandboxFlow, State, Traffic};
+use super::{Fault, FaultTarget, SandboxFlow, State, Traffic, Transport};
 use crate::model::{Granularity, MetricKind};
 
 /// The version named in answers to a path that has none.
@@ -55,6 +55,8 @@ pub(super) struct Routed {
     /// The business object the call counts against, for `X-Business-Use-Case-Usage`.
     pub(super) waba: Option<String>,
     pub(super) answer: Answer,
+    /// An injected transport fault that shapes how the answer travels.
+    pub(super) transport: Option<Transport>,
 }
 
 #[derive(Debug)]
@@ -123,7 +125,13 @@ pub(super) fn route(
     } else {
         Err(GraphError::invalid_token())
     };
+    let transport = if authorized && !state.transports.is_empty() {
+        take_transport(state, rest, req.query)
+    } else {
+        None
+    };
     Routed {
+        transport,
         version: version.unwrap_or(DEFAULT_VERSION).to_owned(),
         // A call without a valid token is not attributed to any business.
         waba: if authorized {
@@ -576,6 +584,38 @@ fn take_fault(faults: &mut Vec<(FaultTarget, Fault)>, call: &Call<'_>) -> Option
         }
     }
     Some(fault)
+}
+
+/// The newest transport fault matching this call (a metric query or a listing), used
+/// up by one if it is counted. Calls that are neither never match.
+fn take_transport(state: &mut State, rest: &[&str], query: &str) -> Option<Transport> {
+    let fields = query_param(query, "fields").unwrap_or_default();
+    let spec = split_fields(&fields)
+        .into_iter()
+        .find(|f| *f == "metric" || f.starts_with("metric."))
+        .and_then(|f| MetricSpec::parse(f).ok());
+    let call = match (rest, spec) {
+        ([id], Some(spec)) => Call::Metrics {
+            flow_id: id,
+            metric: spec.metric,
+            granularity: spec.granularity,
+        },
+        ([waba, "flows"], _) => Call::FlowsList { waba_id: waba },
+        _ => return None,
+    };
+    let transports = &mut state.transports;
+    transports.retain(|(_, _, times)| *times != Some(0));
+    let index = transports
+        .iter()
+        .rposition(|(target, _, _)| fault_matches(target, &call))?;
+    let transport = transports[index].1.clone();
+    if let Some(times) = &mut transports[index].2 {
+        *times -= 1;
+        if *times == 0 {
+            transports.remove(index);
+        }
+    }
+    Some(transport)
 }
 
 /// A Graph error before it is rendered.

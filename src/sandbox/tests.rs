@@ -899,3 +899,123 @@ fn debug_never_shows_the_token() {
     assert!(!text.contains(TOKEN));
     assert!(text.contains("Sandbox"));
 }
+
+/// The raw bytes a GET gets before the server closes (or resets) the connection.
+async fn get_raw(addr: SocketAddr, path_and_query: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    raw
+}
+
+#[tokio::test]
+async fn transport_faults_shape_how_the_answer_travels() {
+    let server = Running::start(realistic()).await;
+    let path = format!(
+        "/v23.0/{APPOINTMENTS}?fields=metric.name(ENDPOINT_REQUEST_COUNT).granularity(DAY)"
+    );
+    let target = || FaultTarget::Metrics {
+        flow_id: Some(APPOINTMENTS.to_owned()),
+        metric: None,
+        granularity: None,
+    };
+    let whole = server.get(&path).await;
+    let length = whole.body.len();
+
+    server
+        .sandbox
+        .inject_transport(target(), Transport::Reset, Some(1));
+    assert!(
+        get_raw(server.addr, &path).await.is_empty(),
+        "no answer at all"
+    );
+
+    server.sandbox.inject_transport(
+        target(),
+        Transport::TruncatedBody { after_bytes: 10 },
+        Some(1),
+    );
+    let raw = String::from_utf8(get_raw(server.addr, &path).await).expect("UTF-8");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("the head arrives");
+    assert!(
+        head.contains(&format!("content-length: {length}")),
+        "{head}"
+    );
+    assert_eq!(body.len(), 10, "then the connection closes");
+
+    server.sandbox.inject_transport(
+        target(),
+        Transport::StallBody {
+            after_bytes: 10,
+            stall: Duration::from_millis(300),
+        },
+        Some(1),
+    );
+    let started = Instant::now();
+    let stalled = server.get(&path).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(stalled.body, whole.body, "all of it, late");
+
+    server
+        .sandbox
+        .inject_transport(target(), Transport::Oversized { bytes: 300_000 }, Some(1));
+    let raw = get_raw(server.addr, &path).await;
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(raw.len() - head_end > 300_000, "the whole padding is sent");
+
+    assert_eq!(server.get(&path).await.body, whole.body, "used up");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn business_usage_header_can_be_omitted_or_fixed() {
+    let server = Running::start(realistic()).await;
+    let path = format!(
+        "/v23.0/{APPOINTMENTS}?fields=metric.name(ENDPOINT_REQUEST_COUNT).granularity(DAY)"
+    );
+    server
+        .sandbox
+        .set_business_usage_header(UsageHeader::Omitted);
+    let answer = server.get(&path).await;
+    assert_eq!(answer.header("x-business-use-case-usage"), None);
+    assert!(answer.header("x-app-usage").is_some());
+
+    let fixed = Sandbox::throttled_usage(REALISTIC_WABA_IDS[0], 2.0);
+    server
+        .sandbox
+        .set_business_usage_header(UsageHeader::Fixed(fixed.clone()));
+    let answer = server.get(&path).await;
+    assert_eq!(
+        answer.header("x-business-use-case-usage"),
+        Some(fixed.as_str())
+    );
+    let usage: Value = serde_json::from_str(&fixed).expect("JSON");
+    assert_eq!(
+        usage[REALISTIC_WABA_IDS[0]][0]["estimated_time_to_regain_access"],
+        2.0
+    );
+
+    server
+        .sandbox
+        .set_business_usage_header(UsageHeader::Computed);
+    let answer = server.get(&path).await;
+    assert!(
+        answer
+            .header("x-business-use-case-usage")
+            .is_some_and(|h| h.contains("\"estimated_time_to_regain_access\":0"))
+    );
+    server.stop().await;
+}

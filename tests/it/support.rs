@@ -37,6 +37,12 @@ impl Drop for RunningSandbox {
 
 pub async fn start_sandbox(sandbox: Sandbox) -> RunningSandbox {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    start_sandbox_on(sandbox, listener)
+}
+
+/// Serves `sandbox` on an already-bound listener (e.g. the address of one stopped
+/// before, to bring Graph back).
+pub fn start_sandbox_on(sandbox: Sandbox, listener: TcpListener) -> RunningSandbox {
     let base_url = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
     tokio::spawn(
