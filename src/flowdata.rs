@@ -119,27 +119,32 @@ pub fn latency_histogram(values: &[(String, f64)]) -> Result<LatencyHistogram, S
             ));
         }
         let n = *v as u64;
-        match key.as_str() {
-            "10+" => over += n,
+        let slot = match key.as_str() {
+            "10+" => &mut over,
             k => match k.parse::<usize>() {
-                Ok(i @ 1..=10) => per_bucket[i - 1] += n,
+                Ok(i @ 1..=10) => &mut per_bucket[i - 1],
                 _ => return Err(format!("unknown latency bucket key `{key}`")),
             },
-        }
+        };
+        // A body of up to MAX_BODY_BYTES can repeat a key with a huge count often
+        // enough to pass u64::MAX; that is not a real answer, and wrapping
+        // would make the buckets non-cumulative.
+        *slot = slot.checked_add(n).ok_or_else(too_many)?;
     }
     let mut cumulative = 0u64;
-    let buckets = per_bucket
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            cumulative += n;
-            ((i + 1) as f64, cumulative)
-        })
-        .collect();
+    let mut buckets = Vec::with_capacity(per_bucket.len());
+    for (i, n) in per_bucket.iter().enumerate() {
+        cumulative = cumulative.checked_add(*n).ok_or_else(too_many)?;
+        buckets.push(((i + 1) as f64, cumulative));
+    }
     Ok(LatencyHistogram {
         buckets,
-        count: cumulative + over,
+        count: cumulative.checked_add(over).ok_or_else(too_many)?,
     })
+}
+
+fn too_many() -> String {
+    "latency bucket counts add up to more than a u64 holds".to_owned()
 }
 
 /// The samples one data point of one metric gives, for one flow and granularity.
@@ -256,6 +261,24 @@ mod tests {
         assert!(latency_histogram(&kv(&[("2", 1.5)])).is_err());
         let empty = latency_histogram(&[]).expect("no keys is zero everywhere");
         assert_eq!(empty.count, 0);
+    }
+
+    #[test]
+    fn latency_counts_that_overflow_are_rejected_not_wrapped() {
+        // Each count passes the per-value check; their sum does not fit a u64.
+        let many = vec![("1".to_owned(), 1e15); 20_000];
+        assert!(latency_histogram(&many).is_err());
+        let spread: Vec<_> = (1..=10)
+            .map(|i| (i.to_string(), 1e15))
+            .cycle()
+            .take(20_000)
+            .collect();
+        assert!(latency_histogram(&spread).is_err());
+        let over = vec![("10+".to_owned(), 1e15); 20_000];
+        assert!(latency_histogram(&over).is_err());
+        let edge = vec![("10+".to_owned(), 1e15); 10_000];
+        let h = latency_histogram(&edge).expect("1e19 fits");
+        assert_eq!(h.count, 10_000_000_000_000_000_000);
     }
 
     #[test]
