@@ -7,6 +7,7 @@ mod dashboards;
 mod discovery;
 mod errors;
 mod exposition;
+mod fuzz_corpus;
 mod lifecycle;
 mod prometheus;
 mod prometheus_e2e;
