@@ -168,8 +168,10 @@ pub enum PointSamples {
 /// - LATENCY_SECONDS_CEIL: a cumulative histogram (see [`latency_histogram`]);
 ///   an undocumented shape is an error.
 /// - AVAILABILITY: `failed` and `succeeded`, missing ones 0; other keys ignored.
+///
+/// Values of one label that add up to infinity are an error.
 pub fn point_samples(metric: MetricKind, values: &[(String, f64)]) -> Result<PointSamples, String> {
-    Ok(match metric {
+    let samples = match metric {
         MetricKind::RequestCount | MetricKind::RequestErrorRate => {
             single_value(values).map_or(PointSamples::None, PointSamples::Single)
         }
@@ -201,7 +203,17 @@ pub fn point_samples(metric: MetricKind, values: &[(String, f64)]) -> Result<Poi
                 })
                 .collect(),
         ),
-    })
+    };
+    // Each value is finite, but a key repeated with values near f64::MAX sums
+    // to infinity, which is not a count.
+    if let PointSamples::ByLabel(label, values) = &samples {
+        if let Some((key, _)) = values.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(format!(
+                "{label} `{key}` values add up past what a float holds"
+            ));
+        }
+    }
+    Ok(samples)
 }
 
 /// The single value of REQUEST_COUNT and ERROR_RATE: key `value`, or the only key.
@@ -279,6 +291,14 @@ mod tests {
         let edge = vec![("10+".to_owned(), 1e15); 10_000];
         let h = latency_histogram(&edge).expect("1e19 fits");
         assert_eq!(h.count, 10_000_000_000_000_000_000);
+    }
+
+    #[test]
+    fn repeated_keys_that_sum_to_infinity_are_rejected() {
+        let huge = kv(&[("timeout_error", 1e308), ("timeout_error", 1e308)]);
+        assert!(point_samples(MetricKind::RequestError, &huge).is_err());
+        let huge = kv(&[("failed", 1e308), ("failed", 1e308)]);
+        assert!(point_samples(MetricKind::Availability, &huge).is_err());
     }
 
     #[test]
