@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, Secret};
 use crate::exposition::{self, Rendered};
+use crate::flowdata;
 use crate::graph::{ErrorClass, GraphClient, GraphError};
 use crate::model::{Clock, DataPoint, Flow, Granularity, MetricKind};
 use crate::poll;
@@ -391,9 +392,9 @@ fn choose_point(
     let Some(point) = poll::select_period(&points, granularity, trust_after, now) else {
         return Ok(None);
     };
-    if metric == MetricKind::LatencySecondsCeil {
-        exposition::latency_histogram(&point.values).map_err(GraphError::malformed)?;
-    }
+    // Flattened here as the exposition will, so a point it cannot show is a
+    // malformed answer (counted, logged) rather than a silently missing series.
+    flowdata::point_samples(metric, &point.values).map_err(GraphError::malformed)?;
     Ok(Some(point.clone()))
 }
 

@@ -190,8 +190,8 @@ impl<'a> Renderer<'a> {
                 continue;
             };
             let labels = [("flow_id", c.flow_id), ("granularity", c.granularity)];
-            // A latency point is validated when polled; an invalid one never
-            // becomes `shown`, so an error here cannot happen.
+            // A point is flattened once when polled (`choose_point`); an invalid
+            // one never becomes `shown`, so an error here cannot happen.
             match flowdata::point_samples(metric, &point.values) {
                 Ok(PointSamples::None) | Err(_) => {}
                 Ok(PointSamples::Single(v)) => f.gauge(&labels, v),

@@ -119,27 +119,32 @@ pub fn latency_histogram(values: &[(String, f64)]) -> Result<LatencyHistogram, S
             ));
         }
         let n = *v as u64;
-        match key.as_str() {
-            "10+" => over += n,
+        let slot = match key.as_str() {
+            "10+" => &mut over,
             k => match k.parse::<usize>() {
-                Ok(i @ 1..=10) => per_bucket[i - 1] += n,
+                Ok(i @ 1..=10) => &mut per_bucket[i - 1],
                 _ => return Err(format!("unknown latency bucket key `{key}`")),
             },
-        }
+        };
+        // A body of up to MAX_BODY_BYTES can repeat a key with a huge count often
+        // enough to pass u64::MAX; that is not a real answer, and wrapping
+        // would make the buckets non-cumulative.
+        *slot = slot.checked_add(n).ok_or_else(too_many)?;
     }
     let mut cumulative = 0u64;
-    let buckets = per_bucket
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            cumulative += n;
-            ((i + 1) as f64, cumulative)
-        })
-        .collect();
+    let mut buckets = Vec::with_capacity(per_bucket.len());
+    for (i, n) in per_bucket.iter().enumerate() {
+        cumulative = cumulative.checked_add(*n).ok_or_else(too_many)?;
+        buckets.push(((i + 1) as f64, cumulative));
+    }
     Ok(LatencyHistogram {
         buckets,
-        count: cumulative + over,
+        count: cumulative.checked_add(over).ok_or_else(too_many)?,
     })
+}
+
+fn too_many() -> String {
+    "latency bucket counts add up to more than a u64 holds".to_owned()
 }
 
 /// The samples one data point of one metric gives, for one flow and granularity.
@@ -163,8 +168,10 @@ pub enum PointSamples {
 /// - LATENCY_SECONDS_CEIL: a cumulative histogram (see [`latency_histogram`]);
 ///   an undocumented shape is an error.
 /// - AVAILABILITY: `failed` and `succeeded`, missing ones 0; other keys ignored.
+///
+/// Values of one label that add up to infinity are an error.
 pub fn point_samples(metric: MetricKind, values: &[(String, f64)]) -> Result<PointSamples, String> {
-    Ok(match metric {
+    let samples = match metric {
         MetricKind::RequestCount | MetricKind::RequestErrorRate => {
             single_value(values).map_or(PointSamples::None, PointSamples::Single)
         }
@@ -196,7 +203,17 @@ pub fn point_samples(metric: MetricKind, values: &[(String, f64)]) -> Result<Poi
                 })
                 .collect(),
         ),
-    })
+    };
+    // Each value is finite, but a key repeated with values near f64::MAX sums
+    // to infinity, which is not a count.
+    if let PointSamples::ByLabel(label, values) = &samples {
+        if let Some((key, _)) = values.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(format!(
+                "{label} `{key}` values add up past what a float holds"
+            ));
+        }
+    }
+    Ok(samples)
 }
 
 /// The single value of REQUEST_COUNT and ERROR_RATE: key `value`, or the only key.
@@ -256,6 +273,32 @@ mod tests {
         assert!(latency_histogram(&kv(&[("2", 1.5)])).is_err());
         let empty = latency_histogram(&[]).expect("no keys is zero everywhere");
         assert_eq!(empty.count, 0);
+    }
+
+    #[test]
+    fn latency_counts_that_overflow_are_rejected_not_wrapped() {
+        // Each count passes the per-value check; their sum does not fit a u64.
+        let many = vec![("1".to_owned(), 1e15); 20_000];
+        assert!(latency_histogram(&many).is_err());
+        let spread: Vec<_> = (1..=10)
+            .map(|i| (i.to_string(), 1e15))
+            .cycle()
+            .take(20_000)
+            .collect();
+        assert!(latency_histogram(&spread).is_err());
+        let over = vec![("10+".to_owned(), 1e15); 20_000];
+        assert!(latency_histogram(&over).is_err());
+        let edge = vec![("10+".to_owned(), 1e15); 10_000];
+        let h = latency_histogram(&edge).expect("1e19 fits");
+        assert_eq!(h.count, 10_000_000_000_000_000_000);
+    }
+
+    #[test]
+    fn repeated_keys_that_sum_to_infinity_are_rejected() {
+        let huge = kv(&[("timeout_error", 1e308), ("timeout_error", 1e308)]);
+        assert!(point_samples(MetricKind::RequestError, &huge).is_err());
+        let huge = kv(&[("failed", 1e308), ("failed", 1e308)]);
+        assert!(point_samples(MetricKind::Availability, &huge).is_err());
     }
 
     #[test]

@@ -357,6 +357,12 @@ impl Sandbox {
         self.state().metric_log.clone()
     }
 
+    /// Like `metric_requests`, but empties the log, so a long run (the soak
+    /// benchmark) does not measure the sandbox's own log growing.
+    pub fn take_metric_requests(&self) -> Vec<(String, MetricKind, Granularity)> {
+        std::mem::take(&mut self.state().metric_log)
+    }
+
     pub fn flows(&self) -> Vec<SandboxFlow> {
         self.state().flows.clone()
     }

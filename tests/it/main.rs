@@ -8,6 +8,7 @@ mod discovery;
 mod errors;
 mod exposition;
 mod faults;
+mod fuzz_corpus;
 mod lifecycle;
 mod prometheus;
 mod prometheus_e2e;

@@ -1,0 +1,156 @@
+//! Invariant checks for the exporter's pure parsers, one function per fuzz
+//! target. Each takes the raw input bytes, runs the parser and asserts what must
+//! hold for any input, not only that nothing panics. The fuzz targets call them
+//! under libFuzzer; the exporter's `cargo test` feeds the seed corpus
+//! (`fuzz/corpus/<target>/`) through the same functions, so the checks run on
+//! every machine even where cargo-fuzz cannot.
+
+use flows_exporter::config::Config;
+use flows_exporter::flowdata::{self, LatencyHistogram, PointSamples};
+use flows_exporter::graph::wire;
+use flows_exporter::model::{Granularity, MetricKind};
+
+/// Every metric, so one input is checked as the answer to each query.
+const METRICS: [MetricKind; 5] = [
+    MetricKind::RequestCount,
+    MetricKind::RequestError,
+    MetricKind::RequestErrorRate,
+    MetricKind::LatencySecondsCeil,
+    MetricKind::Availability,
+];
+
+const GRANULARITIES: [Granularity; 3] =
+    [Granularity::Hour, Granularity::Day, Granularity::Lifetime];
+
+/// A Graph string the parsers cut (`truncate`) may be this long in bytes: the
+/// limit plus the three bytes of `…`.
+fn within(s: &str, limit: usize) -> bool {
+    s.len() <= limit + '…'.len_utf8()
+}
+
+fn check_value(v: f64, what: &str) {
+    assert!(
+        v.is_finite() && v >= 0.0,
+        "{what}: {v} is not finite and >= 0"
+    );
+}
+
+/// Buckets are le = 1..=10, cumulative counts never decrease, and `count` (the
+/// `+Inf` bucket) is at least the last bucket.
+pub fn check_histogram(h: &LatencyHistogram) {
+    assert_eq!(h.buckets.len(), 10, "{h:?}");
+    let mut previous = 0;
+    for (i, (le, c)) in h.buckets.iter().enumerate() {
+        assert_eq!(*le, (i + 1) as f64, "{h:?}");
+        assert!(*c >= previous, "buckets not cumulative: {h:?}");
+        previous = *c;
+    }
+    assert!(h.count >= previous, "count below the last bucket: {h:?}");
+}
+
+/// A metric answer, parsed as the answer to every metric and granularity: when
+/// it parses, points are in time order, every value is finite and >= 0, and the
+/// samples it flattens to keep those properties (histograms stay cumulative).
+pub fn metric_answer(data: &[u8]) {
+    for metric in METRICS {
+        for g in GRANULARITIES {
+            let Ok(points) = wire::parse_metric_answer(data, metric, g) else {
+                continue;
+            };
+            assert!(points.windows(2).all(|w| w[0].start <= w[1].start));
+            for p in &points {
+                for (key, v) in &p.values {
+                    check_value(*v, key);
+                }
+                match flowdata::point_samples(metric, &p.values) {
+                    Ok(PointSamples::None) | Err(_) => {}
+                    Ok(PointSamples::Single(v)) => check_value(v, "single"),
+                    Ok(PointSamples::ByLabel(_, values)) => {
+                        for (label, v) in values {
+                            check_value(v, &label);
+                        }
+                    }
+                    Ok(PointSamples::Histogram(h)) => check_histogram(&h),
+                }
+                if let Ok(h) = flowdata::latency_histogram(&p.values) {
+                    check_histogram(&h);
+                }
+            }
+        }
+    }
+}
+
+/// A flow listing page: every flow id is a non-empty run of digits (it goes into
+/// a URL path) and every flow carries the WABA asked for.
+pub fn flows_page(data: &[u8]) {
+    let Ok(page) = wire::parse_flows_page(data, "102290129340398") else {
+        return;
+    };
+    for f in &page.flows {
+        assert!(!f.id.is_empty() && f.id.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(f.waba_id, "102290129340398");
+    }
+}
+
+/// An error answer, under the statuses Graph uses: it always classifies, keeps
+/// the status, bounds what it copies from the body, and classifies from the code
+/// exactly as `classify` does.
+pub fn graph_error(data: &[u8]) {
+    for status in [200, 400, 401, 403, 404, 429, 500, 503] {
+        let e = wire::parse_error(status, data);
+        assert_eq!(e.http_status, Some(status));
+        assert!(
+            within(&e.message, 300),
+            "message too long: {}",
+            e.message.len()
+        );
+        if let Some(t) = &e.fbtrace_id {
+            assert!(within(t, 64), "fbtrace_id too long: {}", t.len());
+        }
+        if e.code.is_none() && status >= 500 {
+            assert_eq!(e.class, flows_exporter::graph::ErrorClass::Transient);
+        }
+        let _ = e.to_string();
+    }
+}
+
+/// A rate-limit header: every reading is finite and >= 0 (they become gauges and
+/// drive the slow-down), and the ids copied from it are bounded.
+pub fn usage_headers(data: &[u8]) {
+    let Ok(header) = std::str::from_utf8(data) else {
+        return;
+    };
+    let app = wire::parse_app_usage(header);
+    let business = wire::parse_business_usage(header);
+    for u in app.iter().chain(&business) {
+        check_value(u.call_count, "call_count");
+        check_value(u.total_cputime, "total_cputime");
+        check_value(u.total_time, "total_time");
+        if let Some(m) = u.regain_minutes {
+            check_value(m, "estimated_time_to_regain_access");
+        }
+        assert!(within(&u.business_id, 32) && within(&u.kind, 64));
+    }
+}
+
+/// A config file: a valid one polls something, with limits inside the ranges
+/// the config documents; an invalid one has a message to show.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Config::parse(text) {
+        Ok(c) => {
+            assert!(!(c.wabas.is_empty() && c.flows.is_empty()));
+            assert!(!c.granularities.is_empty());
+            assert!((1..=64).contains(&c.graph.max_concurrency));
+            assert!(c.graph.max_retries <= 10);
+            assert!(!c.graph.timeout.is_zero());
+            assert!(!c.graph.base_url.ends_with('/'));
+            for g in &c.granularities {
+                assert!(g.lookback.is_none_or(|d| !d.is_zero()));
+            }
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
