@@ -14,6 +14,9 @@
 //! Knobs (environment): BENCH_FLOWS (1000), BENCH_GRANULARITY (day),
 //! BENCH_CONCURRENCY (8).
 
+#[path = "support/serve.rs"]
+mod serve;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,21 +27,12 @@ use flows_exporter::backfill::sink::FileSink;
 use flows_exporter::flowdata;
 use flows_exporter::model::{Clock, Granularity, MetricKind};
 use flows_exporter::sandbox::Sandbox;
+use serve::proc_status;
 
 const TOKEN: &str = "bench-token";
 
 fn knob(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Every history of every flow, metric and granularity, in the order the
