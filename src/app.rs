@@ -1,6 +1,8 @@
 //! Wires the pieces into the running service: the exporter, its cron jobs
 //! (tokio-cron-scheduler, one job per granularity plus discovery), the HTTP
-//! server, and shutdown on SIGINT/SIGTERM. Also the `demo` set-up: the sandbox
+//! server, shutdown on SIGINT/SIGTERM, and reloading on SIGHUP (the exporter
+//! reloads; this module reschedules the jobs for every configuration it swaps
+//! in, however the reload was asked for). Also the `demo` set-up: the sandbox
 //! Graph API and an exporter pointed at it, in one process.
 
 use std::sync::Arc;
@@ -11,19 +13,22 @@ use tokio::net::TcpListener;
 use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+use uuid::Uuid;
 
 use crate::config::{Config, GraphConfig, Secret, StaticFlow, TokenSource};
-use crate::exporter::Exporter;
+use crate::exporter::{Exporter, Job};
 use crate::model::Clock;
 use crate::sandbox::{Sandbox, SandboxFlow, Traffic};
 use crate::server;
 
-/// How long in-flight polls get to finish after a shutdown signal.
+/// How long in-flight polls get to end after a shutdown signal. They are
+/// cancelled at once (what they would fetch dies with the process); this
+/// bounds the wait for them to unwind.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the exporter until `shutdown` is cancelled: start-up poll, scheduled
-/// jobs, and the HTTP server on `listener`.
+/// jobs, reloads, and the HTTP server on `listener`.
 pub async fn run(
     exporter: Arc<Exporter>,
     listener: TcpListener,
@@ -33,29 +38,10 @@ pub async fn run(
     let mut scheduler = JobScheduler::new()
         .await
         .context("cannot create the scheduler")?;
-    for (job, schedule) in exporter.jobs() {
-        let exporter = exporter.clone();
-        let tracker = tracker.clone();
-        let token = shutdown.clone();
-        let cron = CronJob::new_async(schedule.as_str(), move |_, _| {
-            let exporter = exporter.clone();
-            let token = token.clone();
-            // The poll runs in a task owned by `tracker`, so shutdown can wait for it.
-            tracker.spawn(async move {
-                tokio::select! {
-                    _ = exporter.run_job(job) => {}
-                    () = token.cancelled() => {}
-                }
-            });
-            Box::pin(async {})
-        })
-        .with_context(|| format!("invalid schedule `{schedule}` for {}", job.label()))?;
-        scheduler
-            .add(cron)
-            .await
-            .with_context(|| format!("cannot schedule {}", job.label()))?;
-        info!(job = job.label(), schedule = %schedule, "scheduled (UTC)");
-    }
+    let mut scheduled = Scheduled::default();
+    scheduled
+        .add(&scheduler, &exporter, &tracker, &shutdown)
+        .await?;
     scheduler
         .start()
         .await
@@ -72,7 +58,19 @@ pub async fn run(
         });
     }
 
-    let served = server::serve(listener, exporter, shutdown.clone().cancelled_owned()).await;
+    let served = {
+        let server = server::serve(
+            listener,
+            exporter.clone(),
+            shutdown.clone().cancelled_owned(),
+        );
+        tokio::pin!(server);
+        tokio::select! {
+            served = &mut server => served,
+            // Returns on shutdown; the server is stopping then too.
+            () = follow_reloads(&exporter, &scheduler, &tracker, &shutdown, scheduled) => server.await,
+        }
+    };
 
     if let Err(e) = scheduler.shutdown().await {
         warn!(error = %e, "scheduler did not shut down cleanly");
@@ -85,6 +83,176 @@ pub async fn run(
         warn!("polls still running after the grace period; abandoning them");
     }
     served.context("HTTP server failed")
+}
+
+/// The cron jobs in the scheduler: what they run on which schedule, and their ids.
+#[derive(Debug, Default)]
+struct Scheduled {
+    jobs: Vec<(Job, String)>,
+    ids: Vec<Uuid>,
+}
+
+impl Scheduled {
+    /// Schedules the exporter's jobs for its configuration now. Each tick's
+    /// job runs in a task owned by `tracker`, so shutdown can wait for it.
+    async fn add(
+        &mut self,
+        scheduler: &JobScheduler,
+        exporter: &Arc<Exporter>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        self.jobs = exporter.jobs();
+        for (job, schedule) in self.jobs.clone() {
+            let exporter = exporter.clone();
+            let tracker = tracker.clone();
+            let token = shutdown.clone();
+            let cron = CronJob::new_async(schedule.as_str(), move |_, _| {
+                let exporter = exporter.clone();
+                let token = token.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = exporter.run_job(job) => {}
+                        () = token.cancelled() => {}
+                    }
+                });
+                Box::pin(async {})
+            })
+            .with_context(|| format!("invalid schedule `{schedule}` for {}", job.label()))?;
+            let id = scheduler
+                .add(cron)
+                .await
+                .with_context(|| format!("cannot schedule {}", job.label()))?;
+            self.ids.push(id);
+            info!(job = job.label(), schedule = %schedule, "scheduled (UTC)");
+        }
+        Ok(())
+    }
+
+    async fn remove_all(&mut self, scheduler: &JobScheduler) {
+        for id in self.ids.drain(..) {
+            if let Err(e) = scheduler.remove(&id).await {
+                warn!(error = %e, "cannot remove a scheduled job");
+            }
+        }
+    }
+}
+
+/// Until shutdown: reloads on SIGHUP, and follows every configuration a
+/// reload swaps in (SIGHUP or `POST /-/reload`): reschedules the jobs when
+/// they changed, then discovers at once, so new WABAs and flows show without
+/// waiting for the schedule, and polls granularities the reload enabled.
+async fn follow_reloads(
+    exporter: &Arc<Exporter>,
+    scheduler: &JobScheduler,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    mut scheduled: Scheduled,
+) {
+    let mut configs = exporter.subscribe();
+    let mut hangups = Hangups::new();
+    // The jobs to run after a reload, by one task: a burst of reloads while it
+    // is busy makes one more discovery, not one each.
+    let follow_up = Arc::new((
+        std::sync::Mutex::new(std::collections::BTreeSet::new()),
+        tokio::sync::Notify::new(),
+    ));
+    {
+        let follow_up = follow_up.clone();
+        let exporter = exporter.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let (pending, wake) = &*follow_up;
+            loop {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = token.cancelled() => return,
+                }
+                let jobs = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+                tokio::select! {
+                    () = async {
+                        for job in jobs {
+                            exporter.run_job_when_free(job).await;
+                        }
+                    } => {}
+                    () = token.cancelled() => return,
+                }
+            }
+        });
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = hangups.recv() => {
+                info!("SIGHUP received; reloading the configuration");
+                // `reload` logs and counts its result.
+                let _ = exporter.reload();
+            }
+            changed = configs.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                configs.borrow_and_update();
+                let before = std::mem::take(&mut scheduled.jobs);
+                if exporter.jobs() != before {
+                    scheduled.remove_all(scheduler).await;
+                    if let Err(e) = scheduled.add(scheduler, exporter, tracker, shutdown).await {
+                        error!(error = %format!("{e:#}"), "cannot reschedule after the reload");
+                    }
+                } else {
+                    scheduled.jobs = before.clone();
+                }
+                // Discovery sorts first (`Job`'s order), then the polls of
+                // granularities the reload enabled.
+                let (pending, wake) = &*follow_up;
+                {
+                    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    pending.insert(Job::Discovery);
+                    pending.extend(
+                        scheduled
+                            .jobs
+                            .iter()
+                            .map(|(job, _)| *job)
+                            .filter(|job| !before.iter().any(|(b, _)| b == job)),
+                    );
+                }
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+/// SIGHUP, where there is such a signal.
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn new() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(
+                    |e| warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload"),
+                )
+                .ok();
+            Hangups { signal }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            if signal.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
 }
 
 /// Cancels the token on SIGINT or SIGTERM.
@@ -121,7 +289,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr().unwrap_or(config.listen);
-    info!(%address, wabas = config.wabas.len(), static_flows = config.flows.len(), "serving /metrics");
+    info!(%address, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, "serving /metrics");
     let exporter = Exporter::new(config, token, Clock::system())?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));

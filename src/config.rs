@@ -110,6 +110,9 @@ impl TokenSource {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was read from (`Config::load`), which a reload reads again;
+    /// `None` for a config built in memory (`Config::parse`, the demo).
+    pub path: Option<PathBuf>,
     pub listen: SocketAddr,
     pub graph: GraphConfig,
     pub discovery_schedule: String,
@@ -119,7 +122,7 @@ pub struct Config {
     pub granularities: Vec<GranularityConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GraphConfig {
     /// Scheme and host (and optional path prefix), without a trailing slash.
     pub base_url: String,
@@ -152,7 +155,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
-        Config::parse(&text)
+        let mut config = Config::parse(&text)?;
+        config.path = Some(path.to_owned());
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -370,6 +375,7 @@ impl RawConfig {
         }
 
         Ok(Config {
+            path: None,
             listen,
             graph,
             discovery_schedule,

@@ -1,18 +1,23 @@
 //! The exporter itself: owns the configuration, the Graph client, the snapshot
 //! and the rendered exposition. `discover` and `poll` fetch from Graph and swap
 //! in a new snapshot; `run_job` adds the rule that a job still running makes the
-//! next tick skip. The HTTP side only reads what was rendered last: scraping
+//! next tick skip, and reads a rotated token file again after Graph rejected the
+//! token. `reload` reads the config file again and swaps the new configuration
+//! in whole, or refuses it whole; a job finishes with the configuration it
+//! started with. The HTTP side only reads what was rendered last: scraping
 //! never calls Graph.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Secret};
+use crate::config::{Config, ConfigError, Secret, TokenSource};
 use crate::exposition::{self, Rendered};
 use crate::flowdata;
 use crate::graph::{ErrorClass, GraphClient, GraphError};
@@ -51,16 +56,47 @@ pub struct Scrape {
     pub gzip: bool,
 }
 
+/// Why a reload was refused. The configuration in use stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file cannot be read, is not valid, or its token cannot be read.
+    #[error("{}: {error}", path.display())]
+    Invalid { path: PathBuf, error: ConfigError },
+    #[error(
+        "this configuration was not read from a file (the demo's is built in); nothing to reload"
+    )]
+    NoFile,
+    #[error("cannot build the Graph client: {0}")]
+    Client(String),
+}
+
+impl ReloadError {
+    /// The key path the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ReloadError::Invalid { error, .. } if !error.key.is_empty() => Some(&error.key),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Exporter {
-    config: Config,
-    client: GraphClient,
+    /// The configuration in use, replaced whole by `reload`. A job takes an
+    /// `Arc` of it when it starts and finishes with that one; the app follows
+    /// it (`subscribe`) to reschedule.
+    config: watch::Sender<Arc<Config>>,
+    /// The Graph client for `config.graph`; rebuilt when a reload changes it.
+    client: RwLock<Arc<GraphClient>>,
     clock: Clock,
     telemetry: Arc<Telemetry>,
     state: Mutex<Snapshot>,
     published: RwLock<Arc<Rendered>>,
     ready: AtomicBool,
+    /// One per job that can exist, so a granularity enabled by a reload has one.
     running: BTreeMap<Job, tokio::sync::Mutex<()>>,
+    /// Reloads one at a time (a SIGHUP and a POST at once).
+    reloading: Mutex<()>,
 }
 
 impl Exporter {
@@ -69,26 +105,40 @@ impl Exporter {
         let client = GraphClient::new(&config.graph, token, telemetry.clone())?;
         let mut running = BTreeMap::new();
         running.insert(Job::Discovery, tokio::sync::Mutex::new(()));
-        for g in &config.granularities {
-            running.insert(Job::Poll(g.granularity), tokio::sync::Mutex::new(()));
+        for g in Granularity::ALL {
+            running.insert(Job::Poll(g), tokio::sync::Mutex::new(()));
         }
-        let jobs: Vec<&str> = running.keys().map(|j| j.label()).collect();
-        telemetry.init(&jobs);
+        telemetry.init(&job_labels(&config));
+        telemetry.config_loaded(false, clock.now().timestamp() as f64);
         let exporter = Exporter {
-            config,
-            client,
+            config: watch::Sender::new(Arc::new(config)),
+            client: RwLock::new(Arc::new(client)),
             clock,
             telemetry,
             state: Mutex::new(Snapshot::default()),
             published: RwLock::new(Arc::new(Rendered::empty())),
             ready: AtomicBool::new(false),
             running,
+            reloading: Mutex::new(()),
         };
         Ok(Arc::new(exporter))
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in use now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// Sees every configuration a reload swaps in.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Config>> {
+        self.config.subscribe()
+    }
+
+    fn client(&self) -> Arc<GraphClient> {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn telemetry(&self) -> &Telemetry {
@@ -97,8 +147,9 @@ impl Exporter {
 
     /// The jobs to schedule: discovery, then one per enabled granularity.
     pub fn jobs(&self) -> Vec<(Job, String)> {
-        let mut jobs = vec![(Job::Discovery, self.config.discovery_schedule.clone())];
-        for g in &self.config.granularities {
+        let config = self.config();
+        let mut jobs = vec![(Job::Discovery, config.discovery_schedule.clone())];
+        for g in &config.granularities {
             jobs.push((Job::Poll(g.granularity), g.schedule.clone()));
         }
         jobs
@@ -112,7 +163,7 @@ impl Exporter {
     /// Start-up: discover, then poll every granularity once, then report ready.
     pub async fn startup(&self) {
         self.run_job(Job::Discovery).await;
-        for g in self.config.granularities.iter().map(|g| g.granularity) {
+        for g in self.config().granularities.iter().map(|g| g.granularity) {
             self.run_job(Job::Poll(g)).await;
         }
         self.ready.store(true, Ordering::Release);
@@ -133,11 +184,111 @@ impl Exporter {
             );
             return false;
         };
+        self.run_with_token_reread(job).await;
+        true
+    }
+
+    /// Runs a job once the same job is no longer running: after a reload, the
+    /// one running works with the configuration from before it.
+    pub async fn run_job_when_free(&self, job: Job) {
+        let Some(lock) = self.running.get(&job) else {
+            return;
+        };
+        let _guard = lock.lock().await;
+        self.run_with_token_reread(job).await;
+    }
+
+    /// Runs a job; when Graph rejects the token (190) and the token file holds
+    /// a new one, runs it once more with that token rather than leaving the
+    /// data stale until the next tick.
+    async fn run_with_token_reread(&self, job: Job) {
+        // Rejected before: the file may have been rotated since.
+        if !self.telemetry.token_valid() {
+            self.reread_token_file();
+        }
+        self.run_once(job).await;
+        if !self.telemetry.token_valid() && self.reread_token_file() {
+            info!(job = job.label(), "running again with the new token");
+            self.run_once(job).await;
+        }
+    }
+
+    async fn run_once(&self, job: Job) {
         match job {
             Job::Discovery => self.discover().await,
             Job::Poll(g) => self.poll(g).await,
         }
-        true
+    }
+
+    /// Reads the token file again, if the token comes from one, and swaps the
+    /// token in when it changed. Returns whether it did. Never logs the token.
+    fn reread_token_file(&self) -> bool {
+        let config = self.config();
+        let TokenSource::File(path) = &config.graph.token else {
+            return false;
+        };
+        match config.graph.token.load() {
+            Ok(token) => {
+                let changed = self.client().set_token(token);
+                if changed {
+                    info!(path = %path.display(), "the access token file holds a new token; using it");
+                }
+                changed
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the access token file again; keeping the token in use");
+                false
+            }
+        }
+    }
+
+    /// Reads the configuration file again and applies it whole, or refuses it
+    /// whole and keeps the one in use. Jobs running finish with the old one;
+    /// the app reschedules and runs a discovery when it sees the new one.
+    /// `server.listen` cannot change without a restart: the old address stays.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.apply_file();
+        match &result {
+            Ok(()) => {
+                self.telemetry
+                    .config_loaded(true, self.clock.now().timestamp() as f64);
+                info!("configuration reloaded");
+            }
+            Err(e) => {
+                self.telemetry.reload_failed();
+                warn!(key = e.key().unwrap_or(""), error = %e, "configuration reload failed; keeping the configuration in use");
+            }
+        }
+        result
+    }
+
+    fn apply_file(&self) -> Result<(), ReloadError> {
+        let old = self.config();
+        let path = old.path.clone().ok_or(ReloadError::NoFile)?;
+        let invalid = |error| ReloadError::Invalid {
+            path: path.clone(),
+            error,
+        };
+        let mut new = Config::load(&path).map_err(invalid)?;
+        let token = new.graph.token.load().map_err(invalid)?;
+        if new.listen != old.listen {
+            warn!(listening = %old.listen, configured = %new.listen, "server.listen changed: that needs a restart; still listening on the old address");
+            new.listen = old.listen;
+        }
+        if new.graph != old.graph {
+            let client = GraphClient::new(&new.graph, token, self.telemetry.clone())
+                .map_err(|e| ReloadError::Client(format!("{e:#}")))?;
+            *self.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+        } else if self.client().set_token(token) {
+            info!("the access token changed; using the new one");
+        }
+        // Jobs a reload enables start with their series at 0, as at start-up.
+        self.telemetry.init(&job_labels(&new));
+        self.config.send_replace(Arc::new(new));
+        // Series of granularities no longer enabled go now, not at the next poll.
+        self.render();
+        Ok(())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Snapshot> {
@@ -146,11 +297,12 @@ impl Exporter {
 
     /// Lists the flows of every configured WABA and swaps in the new flow set.
     pub async fn discover(&self) {
+        let (config, client) = (self.config(), self.client());
         let started = Instant::now();
-        let mut results = Vec::with_capacity(self.config.wabas.len());
+        let mut results = Vec::with_capacity(config.wabas.len());
         let mut failed = 0;
-        for waba in &self.config.wabas {
-            let result = self.client.list_flows(waba).await;
+        for waba in &config.wabas {
+            let result = client.list_flows(waba).await;
             match &result {
                 Ok(flows) => debug!(waba_id = %waba, flows = flows.len(), "listed flows"),
                 Err(e) => {
@@ -163,12 +315,12 @@ impl Exporter {
         let now = self.clock.now();
         {
             let mut state = self.state();
-            state.apply_discovery(&self.config.flows, results, now);
+            state.apply_discovery(&config.flows, results, now);
             let polled = state.flows.values().filter(|f| f.is_polled()).count();
             info!(flows = state.flows.len(), polled, "discovery finished");
         }
         self.render();
-        let result = poll_result(failed, self.config.wabas.len());
+        let result = poll_result(failed, config.wabas.len());
         self.telemetry.poll_finished(
             Job::Discovery.label(),
             result,
@@ -180,7 +332,9 @@ impl Exporter {
     /// Polls all five metrics of every polled flow for one granularity, with at
     /// most `max_concurrency` calls in flight, and swaps the result in whole.
     pub async fn poll(&self, granularity: Granularity) {
-        let Some(gcfg) = self.config.granularity(granularity).cloned() else {
+        // This poll's configuration and client, whatever a reload swaps in meanwhile.
+        let (config, client) = (self.config(), self.client());
+        let Some(gcfg) = config.granularity(granularity).cloned() else {
             return;
         };
         let started = Instant::now();
@@ -208,13 +362,13 @@ impl Exporter {
                 let halt = &halt;
                 let network_streak = &network_streak;
                 let gcfg = &gcfg;
+                let client = &client;
                 Box::pin(async move {
                     let halted = halt.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     if let Some(e) = halted {
                         return (flow, metric, Err(e), false);
                     }
-                    let answer = self
-                        .client
+                    let answer = client
                         .fetch_metric(&flow.id, metric, granularity, since)
                         .await
                         .and_then(|points| {
@@ -241,7 +395,7 @@ impl Exporter {
             .collect();
         // At most `max_concurrency` calls in flight; scoped to this poll.
         let answers: Vec<_> = futures_util::stream::iter(calls)
-            .buffer_unordered(self.config.graph.max_concurrency)
+            .buffer_unordered(config.graph.max_concurrency)
             .collect()
             .await;
 
@@ -306,7 +460,7 @@ impl Exporter {
     /// Renders the snapshot once and publishes it for scrapes.
     pub fn render(&self) {
         let granularities: Vec<Granularity> = self
-            .config
+            .config()
             .granularities
             .iter()
             .map(|g| g.granularity)
@@ -318,7 +472,9 @@ impl Exporter {
             .text
             .len();
         let text = {
-            let state = self.state();
+            let mut state = self.state();
+            // A reload may have disabled a granularity (even while it was polled).
+            state.retain_granularities(&granularities);
             exposition::render(&state, &granularities, size_hint)
         };
         self.telemetry.set_exposition_bytes(text.len());
@@ -372,6 +528,13 @@ type CallOutput<'a> = (
 // higher-ranked lifetime inference).
 type CallFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = CallOutput<'a>> + Send + 'a>>;
+
+/// The `poll` labels of a configuration's jobs: discovery and each enabled granularity.
+fn job_labels(config: &Config) -> Vec<&'static str> {
+    std::iter::once(Job::Discovery.label())
+        .chain(config.granularities.iter().map(|g| g.granularity.label()))
+        .collect()
+}
 
 fn poll_result(failed: usize, total: usize) -> &'static str {
     match failed {

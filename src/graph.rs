@@ -10,7 +10,7 @@
 pub mod wire;
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
@@ -183,7 +183,8 @@ pub struct GraphClient {
     http: reqwest::Client,
     base_url: String,
     api_version: String,
-    token: Secret,
+    /// Swapped in place when the token file is rotated (`set_token`).
+    token: RwLock<Secret>,
     max_retries: u32,
     retry_backoff: Duration,
     telemetry: Arc<Telemetry>,
@@ -196,7 +197,7 @@ impl fmt::Debug for GraphClient {
         f.debug_struct("GraphClient")
             .field("base_url", &self.base_url)
             .field("api_version", &self.api_version)
-            .field("token", &self.token)
+            .field("token", &self.token())
             .finish_non_exhaustive()
     }
 }
@@ -220,13 +221,28 @@ impl GraphClient {
             http,
             base_url: cfg.base_url.clone(),
             api_version: cfg.api_version.clone(),
-            token,
+            token: RwLock::new(token),
             max_retries: cfg.max_retries,
             retry_backoff: cfg.retry_backoff,
             telemetry,
             paused_until: Mutex::new(None),
             served_version: Mutex::new(None),
         })
+    }
+
+    /// Replaces the access token for the calls from now on (a rotated token
+    /// file). Returns whether it differs from the one in use.
+    pub fn set_token(&self, token: Secret) -> bool {
+        let mut current = self.token.write().unwrap_or_else(|e| e.into_inner());
+        if *current == token {
+            return false;
+        }
+        *current = token;
+        true
+    }
+
+    fn token(&self) -> Secret {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Lists every flow of a WABA, following `paging.next` cursors against the
@@ -405,7 +421,7 @@ impl GraphClient {
         let response = match self
             .http
             .get(url.clone())
-            .bearer_auth(self.token.expose())
+            .bearer_auth(self.token().expose())
             .send()
             .await
         {
@@ -483,7 +499,8 @@ impl GraphClient {
     /// Graph error messages are echoed into logs and metrics; make sure the token
     /// never travels with them, whatever a hostile answer contains.
     fn redact(&self, mut e: GraphError) -> GraphError {
-        let t = self.token.expose();
+        let token = self.token();
+        let t = token.expose();
         if !t.is_empty() && e.message.contains(t) {
             e.message = e.message.replace(t, "<redacted>");
         }

@@ -1,5 +1,5 @@
 //! The only module that serves HTTP: `/metrics` (from memory, gzip when asked),
-//! `/` (a landing page), `/-/healthy` and `/-/ready`. Takes an already-bound
+//! `/` (a landing page), `/-/healthy`, `/-/ready` and `POST /-/reload`. Takes an already-bound
 //! listener and a shutdown future; on shutdown it stops accepting and lets open
 //! connections finish.
 
@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::exporter::{self, Exporter};
+use crate::exporter::{self, Exporter, ReloadError};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Connections served at once; further ones wait in the kernel's backlog.
@@ -123,6 +123,9 @@ pub async fn serve(
 }
 
 fn route(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
+    if req.uri().path() == "/-/reload" {
+        return reload(exporter, req);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         r.headers_mut()
@@ -144,6 +147,25 @@ fn route(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
         *response.body_mut() = Chunks::default();
     }
     response
+}
+
+/// `POST /-/reload` (Prometheus' convention): reads the config file again. The
+/// answer says whether it was applied, or what is wrong with it, by key.
+fn reload(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
+    if req.method() != Method::POST {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only POST\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let (status, text) = match exporter.reload() {
+        Ok(()) => (StatusCode::OK, "reloaded\n".to_owned()),
+        Err(e @ ReloadError::Invalid { .. }) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let mut r = plain(status, "");
+    *r.body_mut() = Chunks::one(text);
+    r
 }
 
 fn accepts_gzip(req: &Request<Incoming>) -> bool {

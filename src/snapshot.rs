@@ -81,6 +81,9 @@ impl Snapshot {
         now: DateTime<Utc>,
     ) {
         let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
+        // WABAs no longer configured lose their state (and series).
+        self.wabas
+            .retain(|id, _| results.iter().any(|(waba, _)| waba == id));
         for (waba, result) in results {
             let state = self.wabas.entry(waba.clone()).or_default();
             match result {
@@ -127,6 +130,13 @@ impl Snapshot {
         }
         self.errors_total
             .retain(|(id, _), _| flows.contains_key(id));
+    }
+
+    /// Drops the cells of granularities that are not polled any more (a reload
+    /// disabled them), so their series go and do not come back stale.
+    pub fn retain_granularities(&mut self, polled: &[Granularity]) {
+        self.cells.retain(|g, _| polled.contains(g));
+        self.polled_at.retain(|g, _| polled.contains(g));
     }
 
     /// Swaps in the cells of a finished poll of one granularity, whole.

@@ -34,6 +34,9 @@ pub struct Telemetry {
     token_valid: IntGauge,
     api_available: IntGauge,
     exposition_bytes: IntGauge,
+    reload_successful: IntGauge,
+    reload_success_at: prometheus::Gauge,
+    reloads: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -150,6 +153,25 @@ impl Telemetry {
             "Size in bytes of the per-flow part of /metrics as last rendered (uncompressed).",
         ))
         .expect("valid metric");
+        // Prometheus' own names for the same thing, so the same alerts apply.
+        let reload_successful = IntGauge::with_opts(opts(
+            "config_last_reload_successful",
+            "1 if the last configuration reload (SIGHUP or POST /-/reload) succeeded or none was tried, 0 if it failed and the configuration before it is still in use.",
+        ))
+        .expect("valid metric");
+        let reload_success_at = prometheus::Gauge::with_opts(opts(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load: start-up or reload.",
+        ))
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            opts(
+                "config_reloads_total",
+                "Configuration reloads tried, by result (success or failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
@@ -163,6 +185,10 @@ impl Telemetry {
             .set(1);
         token_valid.set(1);
         api_available.set(1);
+        reload_successful.set(1);
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
 
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(graph_requests.clone()),
@@ -179,6 +205,9 @@ impl Telemetry {
             Box::new(token_valid.clone()),
             Box::new(api_available.clone()),
             Box::new(exposition_bytes.clone()),
+            Box::new(reload_successful.clone()),
+            Box::new(reload_success_at.clone()),
+            Box::new(reloads.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -201,6 +230,9 @@ impl Telemetry {
             token_valid,
             api_available,
             exposition_bytes,
+            reload_successful,
+            reload_success_at,
+            reloads,
         }
     }
 
@@ -287,6 +319,26 @@ impl Telemetry {
 
     pub fn tick_skipped(&self, job: &str) {
         self.skipped_ticks.with_label_values(&[job]).inc();
+    }
+
+    /// A configuration was loaded and applied (at start-up, `reload` is false).
+    pub fn config_loaded(&self, reload: bool, at_unix: f64) {
+        if reload {
+            self.reloads.with_label_values(&["success"]).inc();
+        }
+        self.reload_successful.set(1);
+        self.reload_success_at.set(at_unix);
+    }
+
+    /// A reload was refused; the configuration before it stays.
+    pub fn reload_failed(&self) {
+        self.reloads.with_label_values(&["failure"]).inc();
+        self.reload_successful.set(0);
+    }
+
+    /// False after Graph rejected the access token, until a call succeeds again.
+    pub fn token_valid(&self) -> bool {
+        self.token_valid.get() != 0
     }
 
     pub fn set_exposition_bytes(&self, n: usize) {

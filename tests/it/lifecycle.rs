@@ -1,12 +1,15 @@
 //! Scheduling and process lifecycle: skipped ticks, the cron loop, the `demo`
-//! and `serve` binaries, graceful shutdown on SIGTERM, and logs without secrets.
+//! and `serve` binaries, graceful shutdown on SIGTERM (also with a poll stuck
+//! on Graph), reloading on SIGHUP, and logs without secrets.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flows_exporter::exporter::Job;
 use flows_exporter::model::Granularity;
+use flows_exporter::sandbox::{Fault, FaultTarget};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -244,5 +247,217 @@ async fn serve_reads_the_token_from_env_and_never_logs_it() {
     assert!(
         !logs.contains(wrong),
         "the token leaked into the logs:\n{logs}"
+    );
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// `flows-exporter serve --config path` with its stderr collected; the
+/// config must listen on port 0. Returns the process, its base URL and the
+/// log so far (shared with the thread that reads it).
+async fn serve(path: &std::path::Path) -> (Proc, String, Arc<Mutex<String>>) {
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_flows-exporter"))
+            .args(["serve", "--config"])
+            .arg(path)
+            .env("FLOWS_EXPORTER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start serve"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
+    let logs = Arc::new(Mutex::new(String::new()));
+    {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut all = logs.lock().expect("logs");
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+    }
+    let log_text = || logs.lock().expect("logs").clone();
+    wait_for("serve to log its address", Duration::from_secs(20), || {
+        log_text().contains("serving /metrics")
+    })
+    .await;
+    let text = log_text();
+    let address = text
+        .split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the address is logged")
+        .to_owned();
+    (child, format!("http://{address}"), logs)
+}
+
+async fn get_metrics(base: &str) -> String {
+    http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_bad() {
+    let sb = realistic().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).expect("write token");
+    let path = dir.path().join("config.toml");
+    let config = |listen: &str, extra: &str, wabas: &[&str]| {
+        let mut text = format!(
+            "[server]\nlisten = \"{listen}\"\n[graph]\nbase_url = \"{}\"\naccess_token_file = \"{}\"\nmax_retries = 0\n{extra}\n[discovery]\nschedule = \"0 0 0 1 1 *\"\n",
+            sb.base_url,
+            token.display()
+        );
+        for w in wabas {
+            text.push_str(&format!("[[wabas]]\nid = \"{w}\"\n"));
+        }
+        text
+    };
+    std::fs::write(&path, config("127.0.0.1:0", "", &[WABA_1])).expect("write config");
+    let (mut child, base, logs) = serve(&path).await;
+    wait_ready(&base).await;
+    let waba_2_flow = sb
+        .sandbox
+        .flows()
+        .into_iter()
+        .find(|f| f.waba_id == WABA_2)
+        .expect("WABA 2 has flows")
+        .id;
+    let has_waba_2 = |text: &str| text.contains(&format!("flow_id=\"{waba_2_flow}\""));
+    let before = get_metrics(&base).await;
+    assert!(!has_waba_2(&before));
+
+    // A bad config: refused, logged with its key, counted; nothing changes.
+    std::fs::write(&path, config("127.0.0.1:0", "bogus = 1", &[WABA_1, WABA_2]))
+        .expect("write config");
+    signal(&child.0, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = get_metrics(&base).await;
+        if value(
+            &text,
+            "whatsapp_flows_exporter_config_reloads_total{result=\"failure\"}",
+        ) == Some(1.0)
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the SIGHUP reload never failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        value(
+            &text,
+            "whatsapp_flows_exporter_config_last_reload_successful"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        samples(&text, "whatsapp_flows_flow_info"),
+        samples(&before, "whatsapp_flows_flow_info")
+    );
+    let log = logs.lock().expect("logs").clone();
+    assert!(
+        log.contains("SIGHUP") && log.contains("graph.bogus"),
+        "the failure names the key:\n{log}"
+    );
+
+    // A good one, which also asks for another address: applied, except the
+    // address, which needs a restart and says so.
+    std::fs::write(&path, config("127.0.0.1:1", "", &[WABA_1, WABA_2])).expect("write config");
+    signal(&child.0, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = get_metrics(&base).await;
+        if has_waba_2(&text) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "WABA 2 never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        value(
+            &text,
+            "whatsapp_flows_exporter_config_last_reload_successful"
+        ),
+        Some(1.0)
+    );
+    let log = logs.lock().expect("logs").clone();
+    assert!(log.contains("needs a restart"), "{log}");
+
+    signal(&child.0, "TERM");
+    let status = wait_exit(&mut child.0, Duration::from_secs(15));
+    assert!(status.success(), "serve exited with {status}");
+    let log = logs.lock().expect("logs").clone();
+    assert!(
+        !log.contains(TOKEN),
+        "the token leaked into the logs:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_during_a_poll_stuck_on_graph_exits_0_within_the_bound() {
+    let sb = realistic().await;
+    // Every metric call hangs far longer than the shutdown grace period.
+    sb.sandbox.inject(
+        FaultTarget::Metrics {
+            flow_id: None,
+            metric: None,
+            granularity: None,
+        },
+        Fault {
+            status: 200,
+            body: "{}".into(),
+            delay: Duration::from_secs(300),
+            times: None,
+        },
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).expect("write token");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[graph]\nbase_url = \"{}\"\naccess_token_file = \"{}\"\ntimeout_seconds = 600\n[[wabas]]\nid = \"{WABA_1}\"\n",
+            sb.base_url,
+            token.display()
+        ),
+    )
+    .expect("write config");
+    let (mut child, base, _logs) = serve(&path).await;
+    wait_for("a metric call in flight", Duration::from_secs(20), || {
+        !sb.sandbox.metric_requests().is_empty()
+    })
+    .await;
+    // Scrapes are still answered while the poll hangs.
+    assert!(
+        get_metrics(&base)
+            .await
+            .contains("whatsapp_flows_flow_info{")
+    );
+
+    let started = Instant::now();
+    signal(&child.0, "TERM");
+    let status = wait_exit(&mut child.0, Duration::from_secs(15));
+    assert!(status.success(), "serve exited with {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}: longer than the grace period",
+        started.elapsed()
     );
 }
