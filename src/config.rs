@@ -463,8 +463,11 @@ impl RawRateLimit {
                 "must be longer than zero and at most 1h",
             ));
         }
-        let min_call_interval =
-            duration("min_call_interval", self.min_call_interval, d.min_call_interval)?;
+        let min_call_interval = duration(
+            "min_call_interval",
+            self.min_call_interval,
+            d.min_call_interval,
+        )?;
         if min_call_interval > Duration::from_secs(600) {
             return Err(err("rate_limit.min_call_interval", "must be at most 10m"));
         }
@@ -765,17 +768,53 @@ mod tests {
         );
         let base = "[[wabas]]\nid=\"1\"\n[rate_limit]\n";
         for (body, key, needle) in [
-            ("slow_down_at = 75", "rate_limit.slow_down_at", "less than 1"),
-            ("slow_down_at = 0.0", "rate_limit.slow_down_at", "more than 0"),
-            ("stop_at = 0.5", "rate_limit.stop_at", "more than rate_limit.slow_down_at"),
+            (
+                "slow_down_at = 75",
+                "rate_limit.slow_down_at",
+                "less than 1",
+            ),
+            (
+                "slow_down_at = 0.0",
+                "rate_limit.slow_down_at",
+                "more than 0",
+            ),
+            (
+                "stop_at = 0.5",
+                "rate_limit.stop_at",
+                "more than rate_limit.slow_down_at",
+            ),
             ("stop_at = 1.5", "rate_limit.stop_at", "at most 1"),
-            ("max_delay = \"1 min\"", "rate_limit.max_delay", "not a duration"),
+            (
+                "max_delay = \"1 min\"",
+                "rate_limit.max_delay",
+                "not a duration",
+            ),
             ("max_delay = \"2h\"", "rate_limit.max_delay", "at most 1h"),
-            ("cool_down = \"0s\"", "rate_limit.cool_down", "longer than zero"),
-            ("min_call_interval = \"1h\"", "rate_limit.min_call_interval", "at most 10m"),
-            ("waba_calls_per_hour = 0", "rate_limit.waba_calls_per_hour", "between 1"),
-            ("waba_calls_per_hour = \"200\"", "rate_limit.waba_calls_per_hour", "invalid type"),
-            ("budget = 200", "rate_limit.budget", "unknown field `budget`"),
+            (
+                "cool_down = \"0s\"",
+                "rate_limit.cool_down",
+                "longer than zero",
+            ),
+            (
+                "min_call_interval = \"1h\"",
+                "rate_limit.min_call_interval",
+                "at most 10m",
+            ),
+            (
+                "waba_calls_per_hour = 0",
+                "rate_limit.waba_calls_per_hour",
+                "between 1",
+            ),
+            (
+                "waba_calls_per_hour = \"200\"",
+                "rate_limit.waba_calls_per_hour",
+                "invalid type",
+            ),
+            (
+                "budget = 200",
+                "rate_limit.budget",
+                "unknown field `budget`",
+            ),
         ] {
             check_err(&format!("{base}{body}"), key, needle);
         }
@@ -794,7 +833,10 @@ mod tests {
         assert_eq!(parse_duration("k", "2d"), Ok(Duration::from_secs(172800)));
         assert_eq!(parse_duration("k", "250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("k", "1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("k", "1s500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_duration("k", "1s500ms"),
+            Ok(Duration::from_millis(1500))
+        );
         assert!(parse_duration("k", "5ms5").is_err());
         assert!(parse_duration("k", "5").is_err());
         assert!(parse_duration("k", "h").is_err());
