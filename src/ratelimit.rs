@@ -180,7 +180,9 @@ impl Governor {
 
     /// A throttled answer: pauses every call for `regain` (Graph's estimate) or,
     /// without one, for `backoff x 2^(throttled answers in a row)` scaled by
-    /// `jitter` (in [0.5, 1]). Returns the pause.
+    /// `jitter` (in [0.5, 1]). Returns the pause. With Graph's estimate, usage at
+    /// or above `stop_at` gets its probe when the pause ends rather than after
+    /// `cool_down`: Graph said when access comes back.
     pub fn throttled(
         &mut self,
         now: Instant,
@@ -198,6 +200,15 @@ impl Governor {
         let until = now + pause;
         if self.paused_until.is_none_or(|u| u < until) {
             self.paused_until = Some(until);
+        }
+        if regain.is_some() {
+            let stop_at = self.cfg.stop_at;
+            for s in std::iter::once(&mut self.app)
+                .chain(self.business.values_mut())
+                .filter(|s| s.usage >= stop_at)
+            {
+                s.probe_at = self.paused_until;
+            }
         }
         pause
     }
@@ -530,6 +541,7 @@ mod tests {
         let mut g = governor(cfg());
         let t0 = Instant::now();
         let regain = Duration::from_secs(30);
+        g.observe(None, &[(B.into(), 1.0)], t0);
         assert_eq!(g.throttled(t0, Some(regain), 10 * MS, 1.0), regain);
         // Short enough to wait for, for every WABA.
         for waba in [A, B] {
@@ -542,6 +554,9 @@ mod tests {
             );
         }
         go(&mut g, A, t0 + regain);
+        // Graph's estimate (30 s), not the cool-down (60 s), says when the
+        // probe for the WABA at full usage may go.
+        assert_eq!(g.decide(B, t0 + regain), Decision::Go { probe: true });
         // Long: refused at once.
         let t1 = t0 + regain;
         g.throttled(t1, Some(Duration::from_secs(300)), 10 * MS, 1.0);
