@@ -374,7 +374,7 @@ fn matrix() -> Vec<Case> {
 
 /// Log lines written while a future runs, at WARN and above.
 #[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Logs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -391,7 +391,7 @@ impl Write for Logs {
 }
 
 impl Logs {
-    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
         let logs = self.clone();
         tracing_subscriber::fmt()
             .with_writer(move || logs.clone())
@@ -400,7 +400,7 @@ impl Logs {
             .finish()
     }
 
-    fn lines(&self) -> Vec<String> {
+    pub fn lines(&self) -> Vec<String> {
         let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
         String::from_utf8_lossy(&bytes)
             .lines()
