@@ -335,7 +335,7 @@ pub async fn run(
     let now = clock.now();
     let plans = plans(config, &options, now)?;
     let telemetry = Arc::new(Telemetry::new());
-    let client = Arc::new(GraphClient::new(&config.graph, token, telemetry.clone())?);
+    let client = Arc::new(GraphClient::new(config, token, telemetry.clone())?);
 
     // The flows, as the live exporter finds them.
     let mut results = Vec::with_capacity(config.wabas.len());
@@ -348,7 +348,12 @@ pub async fn run(
     }
     let mut snapshot = Snapshot::default();
     snapshot.apply_discovery(&config.flows, results, now);
-    let flows: Vec<String> = snapshot.polled_flows().into_iter().map(|f| f.id).collect();
+    // (flow id, WABA id): calls count against the flow's WABA's budget.
+    let flows: Vec<(String, String)> = snapshot
+        .polled_flows()
+        .into_iter()
+        .map(|f| (f.id, f.waba_id))
+        .collect();
     info!(
         flows = flows.len(),
         not_polled = snapshot.flows.len() - flows.len(),
@@ -380,7 +385,7 @@ pub async fn run(
     // Producer: fetches histories in the order they are written, a few ahead.
     let concurrency = config.graph.max_concurrency.max(1);
     let (tx, mut rx) = mpsc::channel::<Result<Fetched, GraphError>>(concurrency);
-    let jobs: Vec<(MetricKind, String, Plan)> = MetricKind::ALL
+    let jobs: Vec<(MetricKind, (String, String), Plan)> = MetricKind::ALL
         .into_iter()
         .flat_map(|m| {
             let plans = &plans;
@@ -398,12 +403,12 @@ pub async fn run(
         let progress = progress.clone();
         tokio::spawn(async move {
             let mut fetches = futures_util::stream::iter(jobs)
-                .map(|(metric, flow_id, plan)| {
+                .map(|(metric, (flow_id, waba_id), plan)| {
                     let client = client.clone();
                     let progress = progress.clone();
                     async move {
-                        fetch_history(&client, &progress, retry_backoff, flow_id, metric, &plan)
-                            .await
+                        let flow = FlowRef { flow_id, waba_id };
+                        fetch_history(&client, &progress, retry_backoff, flow, metric, &plan).await
                     }
                 })
                 .buffered(concurrency);
@@ -468,6 +473,8 @@ async fn consume(
                     ErrorClass::ApiGone => " (the Metrics API is not served for this API version)",
                     ErrorClass::Throttled =>
                         " (Graph kept throttling; run again later, the backfill is idempotent)",
+                    ErrorClass::UsageHigh | ErrorClass::Budget =>
+                        " (the [rate_limit] settings stop further calls; run again later, the backfill is idempotent)",
                     _ => "",
                 }
             )
@@ -500,14 +507,21 @@ async fn consume(
 /// Fetches every chunk of one flow, metric and granularity, oldest first.
 /// Per-window failures become skips; a failure that would repeat for every
 /// later call (token, API gone, throttling that does not end) is returned.
+/// A flow to fetch, with the WABA its calls count against.
+struct FlowRef {
+    flow_id: String,
+    waba_id: String,
+}
+
 async fn fetch_history(
     client: &GraphClient,
     progress: &Progress,
     retry_backoff: Duration,
-    flow_id: String,
+    flow: FlowRef,
     metric: MetricKind,
     plan: &Plan,
 ) -> Result<Fetched, GraphError> {
+    let FlowRef { flow_id, waba_id } = flow;
     let g = plan.granularity;
     let mut points = Vec::new();
     let mut skipped = Vec::new();
@@ -517,6 +531,7 @@ async fn fetch_history(
         let answer = loop {
             let answer = client
                 .fetch_metric_window(
+                    &waba_id,
                     &flow_id,
                     metric,
                     g,
@@ -561,7 +576,11 @@ async fn fetch_history(
             Err(e)
                 if matches!(
                     e.class,
-                    ErrorClass::Token | ErrorClass::ApiGone | ErrorClass::Throttled
+                    ErrorClass::Token
+                        | ErrorClass::ApiGone
+                        | ErrorClass::Throttled
+                        | ErrorClass::UsageHigh
+                        | ErrorClass::Budget
                 ) =>
             {
                 return Err(e);

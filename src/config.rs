@@ -120,6 +120,39 @@ pub struct Config {
     pub flows: Vec<StaticFlow>,
     /// Enabled granularities only, in `Granularity::ALL` order.
     pub granularities: Vec<GranularityConfig>,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// How the Graph client paces itself (`[rate_limit]`); see `ratelimit::Governor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// Usage (a fraction of Graph's hourly allowance) at which calls start to be spaced.
+    pub slow_down_at: f64,
+    /// Usage at or above which no call is made, except one probe per `cool_down`.
+    pub stop_at: f64,
+    /// Gap between call starts for one WABA when usage reaches `stop_at`; the gap
+    /// grows linearly from zero at `slow_down_at`.
+    pub max_delay: Duration,
+    /// While usage is at or above `stop_at`: how long until one probe call may go
+    /// out to learn whether usage went down (usage only updates with an answer).
+    pub cool_down: Duration,
+    /// Least time between the starts of any two calls of the client.
+    pub min_call_interval: Duration,
+    /// Calls per WABA in any rolling 60 minutes; `None`: no budget.
+    pub waba_calls_per_hour: Option<u32>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            slow_down_at: 0.75,
+            stop_at: 0.95,
+            max_delay: Duration::from_secs(60),
+            cool_down: Duration::from_secs(300),
+            min_call_interval: Duration::from_millis(10),
+            waba_calls_per_hour: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +252,19 @@ struct RawConfig {
     flows: Vec<RawFlow>,
     #[serde(default)]
     granularity: RawGranularities,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    slow_down_at: Option<f64>,
+    stop_at: Option<f64>,
+    max_delay: Option<String>,
+    cool_down: Option<String>,
+    min_call_interval: Option<String>,
+    waba_calls_per_hour: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -374,6 +420,8 @@ impl RawConfig {
             ));
         }
 
+        let rate_limit = self.rate_limit.validate()?;
+
         Ok(Config {
             path: None,
             listen,
@@ -382,6 +430,70 @@ impl RawConfig {
             wabas,
             flows,
             granularities,
+            rate_limit,
+        })
+    }
+}
+
+impl RawRateLimit {
+    fn validate(self) -> Result<RateLimitConfig, ConfigError> {
+        let d = RateLimitConfig::default();
+        let slow_down_at = self.slow_down_at.unwrap_or(d.slow_down_at);
+        if !(slow_down_at > 0.0 && slow_down_at < 1.0) {
+            return Err(err(
+                "rate_limit.slow_down_at",
+                "must be a fraction of the allowance, more than 0 and less than 1 (0.75 is 75 %)",
+            ));
+        }
+        let stop_at = self.stop_at.unwrap_or(d.stop_at);
+        if !(stop_at > slow_down_at && stop_at <= 1.0) {
+            return Err(err(
+                "rate_limit.stop_at",
+                format!(
+                    "must be more than rate_limit.slow_down_at ({slow_down_at}) and at most 1 (Graph throttles at 1)"
+                ),
+            ));
+        }
+        let duration = |key: &str, v: Option<String>, default: Duration| match v {
+            Some(s) => parse_duration(&format!("rate_limit.{key}"), &s),
+            None => Ok(default),
+        };
+        let max_delay = duration("max_delay", self.max_delay, d.max_delay)?;
+        if max_delay > Duration::from_secs(3600) {
+            return Err(err("rate_limit.max_delay", "must be at most 1h"));
+        }
+        let cool_down = duration("cool_down", self.cool_down, d.cool_down)?;
+        if cool_down.is_zero() || cool_down > Duration::from_secs(3600) {
+            return Err(err(
+                "rate_limit.cool_down",
+                "must be longer than zero and at most 1h",
+            ));
+        }
+        let min_call_interval = duration(
+            "min_call_interval",
+            self.min_call_interval,
+            d.min_call_interval,
+        )?;
+        if min_call_interval > Duration::from_secs(600) {
+            return Err(err("rate_limit.min_call_interval", "must be at most 10m"));
+        }
+        let waba_calls_per_hour = match self.waba_calls_per_hour {
+            None => None,
+            Some(n) if (1..=1_000_000).contains(&n) => Some(n as u32),
+            Some(_) => {
+                return Err(err(
+                    "rate_limit.waba_calls_per_hour",
+                    "must be between 1 and 1000000 (leave it out for no budget)",
+                ));
+            }
+        };
+        Ok(RateLimitConfig {
+            slow_down_at,
+            stop_at,
+            max_delay,
+            cool_down,
+            min_call_interval,
+            waba_calls_per_hour,
         })
     }
 }
@@ -504,7 +616,7 @@ fn check_cron(key: &str, expr: &str) -> Result<(), ConfigError> {
         .map_err(|_| err(key, format!("`{expr}` is not a valid cron expression")))
 }
 
-/// Parses durations like `90s`, `45m`, `3h`, `2d`, `1h30m`.
+/// Parses durations like `250ms`, `90s`, `45m`, `3h`, `2d`, `1h30m`.
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     let bad = || {
         err(
@@ -516,31 +628,36 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     if s.is_empty() {
         return Err(bad());
     }
-    let mut total: u64 = 0;
+    let mut total_ms: u64 = 0;
     let mut digits = String::new();
-    for c in s.chars() {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
             digits.push(c);
             continue;
         }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
+        let unit_ms = match c {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            's' => 1000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
             _ => return Err(bad()),
         };
         let n: u64 = digits.parse().map_err(|_| bad())?;
         digits.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
+        total_ms = n
+            .checked_mul(unit_ms)
+            .and_then(|v| total_ms.checked_add(v))
             .ok_or_else(bad)?;
     }
     if !digits.is_empty() {
         return Err(bad());
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total_ms))
 }
 
 #[cfg(test)]
@@ -637,6 +754,79 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_defaults_and_errors() {
+        let c = Config::parse("[[wabas]]\nid=\"1\"").expect("valid");
+        assert_eq!(c.rate_limit, RateLimitConfig::default());
+        let c = Config::parse(
+            "[[wabas]]\nid=\"1\"\n[rate_limit]\nslow_down_at = 0.5\nstop_at = 1.0\nmax_delay = \"2s\"\ncool_down = \"200ms\"\nmin_call_interval = \"0s\"\nwaba_calls_per_hour = 180",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.rate_limit,
+            RateLimitConfig {
+                slow_down_at: 0.5,
+                stop_at: 1.0,
+                max_delay: Duration::from_secs(2),
+                cool_down: Duration::from_millis(200),
+                min_call_interval: Duration::ZERO,
+                waba_calls_per_hour: Some(180),
+            }
+        );
+        let base = "[[wabas]]\nid=\"1\"\n[rate_limit]\n";
+        for (body, key, needle) in [
+            (
+                "slow_down_at = 75",
+                "rate_limit.slow_down_at",
+                "less than 1",
+            ),
+            (
+                "slow_down_at = 0.0",
+                "rate_limit.slow_down_at",
+                "more than 0",
+            ),
+            (
+                "stop_at = 0.5",
+                "rate_limit.stop_at",
+                "more than rate_limit.slow_down_at",
+            ),
+            ("stop_at = 1.5", "rate_limit.stop_at", "at most 1"),
+            (
+                "max_delay = \"1 min\"",
+                "rate_limit.max_delay",
+                "not a duration",
+            ),
+            ("max_delay = \"2h\"", "rate_limit.max_delay", "at most 1h"),
+            (
+                "cool_down = \"0s\"",
+                "rate_limit.cool_down",
+                "longer than zero",
+            ),
+            (
+                "min_call_interval = \"1h\"",
+                "rate_limit.min_call_interval",
+                "at most 10m",
+            ),
+            (
+                "waba_calls_per_hour = 0",
+                "rate_limit.waba_calls_per_hour",
+                "between 1",
+            ),
+            (
+                "waba_calls_per_hour = \"200\"",
+                "rate_limit.waba_calls_per_hour",
+                "invalid type",
+            ),
+            (
+                "budget = 200",
+                "rate_limit.budget",
+                "unknown field `budget`",
+            ),
+        ] {
+            check_err(&format!("{base}{body}"), key, needle);
+        }
+    }
+
+    #[test]
     fn toml_syntax_error_is_reported() {
         let e = Config::parse("[server\nlisten=1").expect_err("bad toml");
         assert!(e.message.contains("line 1"), "{e}");
@@ -647,6 +837,13 @@ mod tests {
         assert_eq!(parse_duration("k", "90m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("k", "1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("k", "2d"), Ok(Duration::from_secs(172800)));
+        assert_eq!(parse_duration("k", "250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("k", "1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("k", "1s500ms"),
+            Ok(Duration::from_millis(1500))
+        );
+        assert!(parse_duration("k", "5ms5").is_err());
         assert!(parse_duration("k", "5").is_err());
         assert!(parse_duration("k", "h").is_err());
         assert!(parse_duration("k", "").is_err());

@@ -102,7 +102,7 @@ pub struct Exporter {
 impl Exporter {
     pub fn new(config: Config, token: Secret, clock: Clock) -> anyhow::Result<Arc<Exporter>> {
         let telemetry = Arc::new(Telemetry::new());
-        let client = GraphClient::new(&config.graph, token, telemetry.clone())?;
+        let client = GraphClient::new(&config, token, telemetry.clone())?;
         let mut running = BTreeMap::new();
         running.insert(Job::Discovery, tokio::sync::Mutex::new(()));
         for g in Granularity::ALL {
@@ -276,12 +276,17 @@ impl Exporter {
             warn!(listening = %old.listen, configured = %new.listen, "server.listen changed: that needs a restart; still listening on the old address");
             new.listen = old.listen;
         }
+        let current = self.client();
         if new.graph != old.graph {
-            let client = GraphClient::new(&new.graph, token, self.telemetry.clone())
+            let client = current
+                .rebuilt(&new, token)
                 .map_err(|e| ReloadError::Client(format!("{e:#}")))?;
             *self.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
-        } else if self.client().set_token(token) {
-            info!("the access token changed; using the new one");
+        } else {
+            current.reconfigure(&new);
+            if current.set_token(token) {
+                info!("the access token changed; using the new one");
+            }
         }
         // Jobs a reload enables start with their series at 0, as at start-up.
         self.telemetry.init(&job_labels(&new));
@@ -369,7 +374,7 @@ impl Exporter {
                         return (flow, metric, Err(e), false);
                     }
                     let answer = client
-                        .fetch_metric(&flow.id, metric, granularity, since)
+                        .fetch_metric(&flow.waba_id, &flow.id, metric, granularity, since)
                         .await
                         .and_then(|points| {
                             choose_point(points, metric, granularity, gcfg.trust_after, now)
@@ -401,6 +406,8 @@ impl Exporter {
 
         let mut cells = Cells::new();
         let (mut failed, mut saved) = (0usize, 0u64);
+        // Calls the rate limit refused, by (reason, WABA): logged once per poll.
+        let mut refused: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for (flow, metric, answer, attempted) in &answers {
             let key = (flow.id.clone(), *metric);
             let cell = poll::next_cell(previous.get(&key), answer.as_ref().cloned(), now);
@@ -409,6 +416,14 @@ impl Exporter {
             }
             match answer {
                 Err(_) if !attempted => saved += 1,
+                Err(e) if matches!(e.class, ErrorClass::Budget | ErrorClass::UsageHigh) => {
+                    let waba = if flow.waba_id.is_empty() {
+                        crate::ratelimit::UNKNOWN_WABA
+                    } else {
+                        flow.waba_id.as_str()
+                    };
+                    *refused.entry((e.class.label(), waba)).or_default() += 1;
+                }
                 Err(e) if e.class == ErrorClass::InsufficientData => {
                     debug!(flow_id = %flow.id, metric = metric.api_name(), granularity = granularity.label(), "insufficient data (139006)");
                 }
@@ -432,6 +447,18 @@ impl Exporter {
                 reason,
                 calls_not_made = saved,
                 "poll halted early"
+            );
+        }
+        if !refused.is_empty() {
+            let summary: Vec<String> = refused
+                .iter()
+                .map(|((reason, waba), n)| format!("{reason} waba {waba}: {n}"))
+                .collect();
+            warn!(
+                granularity = granularity.label(),
+                calls_not_made = refused.values().sum::<u64>(),
+                refused = %summary.join(", "),
+                "rate limit refused calls; their cells keep the last values, marked stale"
             );
         }
         let total = answers.len();
@@ -491,6 +518,7 @@ impl Exporter {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut live = Vec::with_capacity(16 * 1024);
+        self.client().publish_rate_limit_state();
         self.telemetry.render(&mut live);
         if gzip {
             Scrape {

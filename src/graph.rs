@@ -1,11 +1,13 @@
 //! The only module that talks to the Graph API: listing a WABA's flows (following
 //! paging against the configured base URL) and fetching one metric of one flow.
 //!
-//! Every answer's rate-limit headers are recorded; every call is counted by
-//! endpoint and outcome; transient failures and throttling are retried with
-//! bounded, jittered backoff. When Graph throttles for longer than a poll should
-//! wait, the client pauses itself and answers `Throttled` without calling Graph
-//! until the pause ends, because further calls would only extend the penalty.
+//! Every answer's rate-limit headers are recorded and fed to the client's
+//! [`Governor`], which every attempt asks first: it may wait (pacing, usage
+//! slowdown, a short throttle pause) or refuse (a long throttle pause, usage at
+//! the stop threshold, the WABA's call budget) without calling Graph. Every call
+//! is counted by endpoint and outcome; transient failures are retried with
+//! bounded, jittered backoff. A throttled answer pauses the whole client, not
+//! one call, because further calls would only extend the penalty.
 
 pub mod wire;
 
@@ -17,15 +19,16 @@ use chrono::NaiveDate;
 use reqwest::Url;
 use tracing::{debug, info};
 
-use crate::config::{GraphConfig, Secret};
+use crate::config::{Config, Secret};
 use crate::model::{DataPoint, Flow, Granularity, MetricKind};
+use crate::ratelimit::{Decision, Governor, Refusal, UNKNOWN_WABA, WaitReason};
 use crate::telemetry::Telemetry;
 
 /// The largest answer body read; anything bigger is refused as malformed.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
-/// The longest a single call waits for throttling to clear before giving up and
-/// pausing the client instead.
-const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(60);
+/// The longest a call waits for a throttle pause to end; a longer pause fails
+/// calls at once without calling Graph.
+pub const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(60);
 /// A listing longer than this many pages is treated as a paging loop.
 const MAX_PAGES: usize = 1000;
 const FLOW_FIELDS: &str = "id,name,status,categories,data_api_version,endpoint_uri,health_status";
@@ -53,10 +56,14 @@ pub enum ErrorClass {
     Malformed,
     /// A Graph error code this exporter does not know.
     Unknown,
+    /// Not sent: the usage Graph reported is at or above `rate_limit.stop_at`.
+    UsageHigh,
+    /// Not sent: the WABA's `rate_limit.waba_calls_per_hour` is used up.
+    Budget,
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 10] = [
+    pub const ALL: [ErrorClass; 12] = [
         ErrorClass::InsufficientData,
         ErrorClass::Token,
         ErrorClass::Permission,
@@ -67,6 +74,8 @@ impl ErrorClass {
         ErrorClass::Network,
         ErrorClass::Malformed,
         ErrorClass::Unknown,
+        ErrorClass::UsageHigh,
+        ErrorClass::Budget,
     ];
 
     /// Label value used in metrics and logs.
@@ -82,6 +91,8 @@ impl ErrorClass {
             ErrorClass::Network => "network",
             ErrorClass::Malformed => "malformed",
             ErrorClass::Unknown => "unknown",
+            ErrorClass::UsageHigh => "usage_high",
+            ErrorClass::Budget => "budget",
         }
     }
 
@@ -93,7 +104,8 @@ impl ErrorClass {
     }
 
     /// Whether every further call in this poll would fail the same way, so the
-    /// poll should stop calling Graph.
+    /// poll should stop calling Graph. Not `UsageHigh` or `Budget`: they hold for
+    /// one WABA, and the governor refuses the WABA's later calls by itself.
     pub fn halts_poll(self) -> bool {
         matches!(
             self,
@@ -188,7 +200,9 @@ pub struct GraphClient {
     max_retries: u32,
     retry_backoff: Duration,
     telemetry: Arc<Telemetry>,
-    paused_until: Mutex<Option<Instant>>,
+    /// Shared with the client a reload builds, so usage, a throttle pause and
+    /// the calls of the last hour (the budget) survive it.
+    governor: Arc<Mutex<Governor>>,
     served_version: Mutex<Option<String>>,
 }
 
@@ -203,11 +217,45 @@ impl fmt::Debug for GraphClient {
 }
 
 impl GraphClient {
+    /// A client for `config.graph`, governed by `config.rate_limit`.
     pub fn new(
-        cfg: &GraphConfig,
+        config: &Config,
         token: Secret,
         telemetry: Arc<Telemetry>,
     ) -> anyhow::Result<GraphClient> {
+        let governor = Governor::new(config.rate_limit.clone(), MAX_IN_CALL_WAIT, &config.wabas);
+        GraphClient::with_governor(config, token, telemetry, Arc::new(Mutex::new(governor)))
+    }
+
+    /// A client for a reloaded `config` that keeps this client's governor (with
+    /// the new `[rate_limit]` settings): a reload must not forget the calls of
+    /// the last hour, or it would reset the budget, nor a throttle pause.
+    pub fn rebuilt(&self, config: &Config, token: Secret) -> anyhow::Result<GraphClient> {
+        let client = GraphClient::with_governor(
+            config,
+            token,
+            self.telemetry.clone(),
+            self.governor.clone(),
+        )?;
+        // Only once the new client exists: a refused reload changes nothing.
+        self.reconfigure(config);
+        Ok(client)
+    }
+
+    /// Applies a reloaded `[rate_limit]` section and WABA list to the governor,
+    /// keeping what it has observed.
+    pub fn reconfigure(&self, config: &Config) {
+        self.governor()
+            .reconfigure(config.rate_limit.clone(), &config.wabas);
+    }
+
+    fn with_governor(
+        config: &Config,
+        token: Secret,
+        telemetry: Arc<Telemetry>,
+        governor: Arc<Mutex<Governor>>,
+    ) -> anyhow::Result<GraphClient> {
+        let cfg = &config.graph;
         // reqwest is built without a bundled crypto provider; install ring once.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -225,7 +273,7 @@ impl GraphClient {
             max_retries: cfg.max_retries,
             retry_backoff: cfg.retry_backoff,
             telemetry,
-            paused_until: Mutex::new(None),
+            governor,
             served_version: Mutex::new(None),
         })
     }
@@ -258,7 +306,7 @@ impl GraphClient {
                 url.query_pairs_mut().append_pair("after", a);
             }
             let page = self
-                .call(Endpoint::Flows, url, |body| {
+                .call(Endpoint::Flows, waba_id, url, |body| {
                     wire::parse_flows_page(body, waba_id)
                 })
                 .await?;
@@ -279,14 +327,17 @@ impl GraphClient {
     }
 
     /// Fetches one metric of one flow for one granularity, from `since` on.
+    /// `waba_id` is the flow's WABA (empty when unknown), whose budget the call
+    /// counts against.
     pub async fn fetch_metric(
         &self,
+        waba_id: &str,
         flow_id: &str,
         metric: MetricKind,
         granularity: Granularity,
         since: Option<NaiveDate>,
     ) -> Result<Vec<DataPoint>, GraphError> {
-        self.fetch_metric_window(flow_id, metric, granularity, since, None)
+        self.fetch_metric_window(waba_id, flow_id, metric, granularity, since, None)
             .await
     }
 
@@ -296,6 +347,7 @@ impl GraphClient {
     /// need an exact window ask a day more and filter the answer.
     pub async fn fetch_metric_window(
         &self,
+        waba_id: &str,
         flow_id: &str,
         metric: MetricKind,
         granularity: Granularity,
@@ -315,7 +367,12 @@ impl GraphClient {
         }
         let mut url = self.url(flow_id)?;
         url.query_pairs_mut().append_pair("fields", &fields);
-        self.call(Endpoint::Metric, url, |body| {
+        let waba = if waba_id.is_empty() {
+            UNKNOWN_WABA
+        } else {
+            waba_id
+        };
+        self.call(Endpoint::Metric, waba, url, |body| {
             wire::parse_metric_answer(body, metric, granularity)
         })
         .await
@@ -326,41 +383,72 @@ impl GraphClient {
             .map_err(|e| GraphError::new(ErrorClass::InvalidRequest, format!("bad URL: {e}")))
     }
 
-    /// How long the client stays paused after throttling, if it is.
-    pub fn paused_for(&self) -> Option<Duration> {
-        let guard = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        guard.and_then(|until| until.checked_duration_since(Instant::now()))
+    fn governor(&self) -> std::sync::MutexGuard<'_, Governor> {
+        self.governor.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pause(&self, d: Duration) {
-        let mut guard = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        let until = Instant::now() + d;
-        if guard.is_none_or(|u| u < until) {
-            *guard = Some(until);
+    /// How long the client stays paused after throttling, if it is.
+    pub fn paused_for(&self) -> Option<Duration> {
+        self.governor().paused_for(Instant::now())
+    }
+
+    /// Sets the live rate-limit gauges (calls in the last hour and budget per
+    /// WABA, whether its calls are refused, the pause left) to their values now.
+    /// Called on scrape; takes the governor's lock briefly and never calls Graph.
+    pub fn publish_rate_limit_state(&self) {
+        let now = Instant::now();
+        let (states, paused) = {
+            let mut g = self.governor();
+            (g.states(now), g.paused_for(now))
+        };
+        self.telemetry
+            .set_rate_limit_state(&states, paused.unwrap_or(Duration::ZERO));
+    }
+
+    /// Asks the governor until it lets this attempt go (sleeping as it says, each
+    /// wait counted by reason) or refuses it (counted as a call saved).
+    async fn admit(&self, endpoint: Endpoint, waba: &str) -> Result<(), GraphError> {
+        let mut waited: Vec<WaitReason> = Vec::new();
+        loop {
+            let now = Instant::now();
+            let decision = self.governor().decide(waba, now);
+            match decision {
+                Decision::Go { probe } => {
+                    if probe {
+                        info!(waba_id = %waba, endpoint = endpoint.label(), "rate-limit usage at or above stop_at: one probe call to refresh it");
+                    }
+                    return Ok(());
+                }
+                Decision::Wait { until, reason } => {
+                    let wait = until.saturating_duration_since(now);
+                    tokio::time::sleep(wait).await;
+                    let first = !waited.contains(&reason);
+                    if first {
+                        waited.push(reason);
+                    }
+                    self.telemetry
+                        .rate_limit_waited(reason.label(), wait, first);
+                }
+                Decision::Refuse(refusal) => {
+                    self.telemetry.call_saved(refusal.label());
+                    return Err(refusal_error(refusal, waba));
+                }
+            }
         }
     }
 
-    /// One logical call: attempts with retries, telemetry for each attempt.
+    /// One logical call: attempts with retries, each admitted by the governor,
+    /// telemetry for each attempt. `waba` is the WABA the call counts against.
     async fn call<T>(
         &self,
         endpoint: Endpoint,
+        waba: &str,
         url: Url,
         parse: impl Fn(&[u8]) -> Result<T, GraphError>,
     ) -> Result<T, GraphError> {
         let mut attempt: u32 = 0;
         loop {
-            if let Some(left) = self.paused_for() {
-                self.telemetry.call_saved("throttle_pause");
-                let mut e = GraphError::new(
-                    ErrorClass::Throttled,
-                    format!(
-                        "not calling Graph: paused after throttling for {}s more",
-                        left.as_secs()
-                    ),
-                );
-                e.regain_after = Some(left);
-                return Err(e);
-            }
+            self.admit(endpoint, waba).await?;
             let started = Instant::now();
             let (result, header_trace) = self.attempt(&url).await;
             let result = result.and_then(|body| parse(&body)).map_err(|mut e| {
@@ -386,15 +474,16 @@ impl GraphClient {
             if !e.class.is_retryable() {
                 return Err(e);
             }
-            let backoff = self.backoff(attempt);
+            // Throttling: the pause is client-wide and the retry's admission waits
+            // it out (or is refused when it is too long); no sleep here.
             let wait = match (e.class, e.regain_after) {
-                (ErrorClass::Throttled, Some(regain)) => regain.max(backoff),
-                _ => backoff,
+                (ErrorClass::Throttled, _) => match self.paused_for() {
+                    Some(left) if left > MAX_IN_CALL_WAIT => return Err(e),
+                    _ => Duration::ZERO,
+                },
+                _ => self.backoff(attempt),
             };
-            if attempt >= self.max_retries || wait > MAX_IN_CALL_WAIT {
-                if e.class == ErrorClass::Throttled {
-                    self.pause(wait);
-                }
+            if attempt >= self.max_retries {
                 return Err(e);
             }
             self.telemetry.retry(endpoint.label());
@@ -406,13 +495,7 @@ impl GraphClient {
     /// Exponential backoff with up to 50 % jitter: backoff * 2^attempt * [0.5, 1].
     fn backoff(&self, attempt: u32) -> Duration {
         let base = self.retry_backoff.saturating_mul(1 << attempt.min(10));
-        let nanos = Instant::now().elapsed().as_nanos() as u64
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos() as u64)
-                .unwrap_or(0);
-        let jitter = 0.5 + (nanos % 1000) as f64 / 2000.0;
-        base.mul_f64(jitter)
+        base.mul_f64(jitter())
     }
 
     /// One HTTP exchange: status, headers, capped body; with the `x-fb-trace-id`
@@ -445,11 +528,22 @@ impl GraphClient {
             Err(e) => return (Err(e), trace),
         };
         if (200..300).contains(&status) {
+            self.governor().answered();
             return (Ok(body), trace);
         }
         let mut e = wire::parse_error(status, &body);
         if e.class == ErrorClass::Throttled {
             e.regain_after = regain;
+            let pause =
+                self.governor()
+                    .throttled(Instant::now(), regain, self.retry_backoff, jitter());
+            debug!(
+                pause_ms = pause.as_millis() as u64,
+                regain_given = regain.is_some(),
+                "Graph throttled; pausing every call"
+            );
+        } else {
+            self.governor().answered();
         }
         (Err(e), trace)
     }
@@ -458,13 +552,16 @@ impl GraphClient {
     /// `estimated_time_to_regain_access`, if any is above zero.
     fn record_headers(&self, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         let mut regain: Option<Duration> = None;
+        let mut app = None;
         if let Some(u) = headers
             .get("x-app-usage")
             .and_then(|v| v.to_str().ok())
             .and_then(wire::parse_app_usage)
         {
             self.telemetry.record_usage(&u);
+            app = Some(u.fraction());
         }
+        let mut business = Vec::new();
         if let Some(h) = headers
             .get("x-business-use-case-usage")
             .and_then(|v| v.to_str().ok())
@@ -475,7 +572,11 @@ impl GraphClient {
                     let d = Duration::from_secs_f64(m.min(24.0 * 60.0) * 60.0);
                     regain = Some(regain.map_or(d, |r| r.max(d)));
                 }
+                business.push((u.business_id.clone(), u.fraction()));
             }
+        }
+        if app.is_some() || !business.is_empty() {
+            self.governor().observe(app, &business, Instant::now());
         }
         if let Some(v) = headers
             .get("facebook-api-version")
@@ -506,6 +607,46 @@ impl GraphClient {
         }
         e
     }
+}
+
+/// The error a refused call ends in. A long throttle pause stays `Throttled`
+/// (it halts the poll, as the throttled answer did).
+fn refusal_error(refusal: Refusal, waba: &str) -> GraphError {
+    match refusal {
+        Refusal::ThrottlePause { left } => {
+            let mut e = GraphError::new(
+                ErrorClass::Throttled,
+                format!(
+                    "not calling Graph: paused after throttling for {}s more",
+                    left.as_secs()
+                ),
+            );
+            e.regain_after = Some(left);
+            e
+        }
+        Refusal::UsageHigh => GraphError::new(
+            ErrorClass::UsageHigh,
+            format!(
+                "not calling Graph: rate-limit usage for WABA {waba} is at or above rate_limit.stop_at"
+            ),
+        ),
+        Refusal::Budget => GraphError::new(
+            ErrorClass::Budget,
+            format!(
+                "not calling Graph: WABA {waba} used its rate_limit.waba_calls_per_hour in the last 60 minutes"
+            ),
+        ),
+    }
+}
+
+/// A factor in [0.5, 1] from the clock's low bits: enough to keep clients that
+/// were throttled together from retrying together.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    0.5 + (nanos % 1000) as f64 / 2000.0
 }
 
 /// A reqwest error described without the URL's query (which holds no secret, but

@@ -14,6 +14,8 @@
 //! - [`config`]: TOML → validated [`config::Config`]; errors name the key.
 //! - [`model`]: domain types (flows, metrics, granularities, data points, clock).
 //! - [`graph`]: the only module that talks to Graph; [`graph::wire`] parses its JSON.
+//! - [`ratelimit`]: the Graph client's governor (pure decisions): pacing, usage
+//!   slowdown and stop, throttle pause, per-WABA call budget.
 //! - [`poll`]: pure decisions: query window, which period to show, cell transitions.
 //! - [`snapshot`]: the exporter's state as plain data.
 //! - [`exposition`]: snapshot → Prometheus text (the `prometheus` crate's model and encoder).
@@ -32,6 +34,7 @@ pub mod flowdata;
 pub mod graph;
 pub mod model;
 pub mod poll;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod server;
 pub mod snapshot;

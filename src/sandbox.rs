@@ -322,6 +322,19 @@ impl Sandbox {
         self.state().business_usage = header;
     }
 
+    /// A `X-Business-Use-Case-Usage` value for one WABA at `percent` of its allowance
+    /// (the highest of its three figures), not throttled.
+    pub fn business_usage(waba_id: &str, percent: u32) -> String {
+        serde_json::json!({ waba_id: [{
+            "type": "whatsapp_business_management",
+            "call_count": percent,
+            "total_cputime": percent / 4,
+            "total_time": percent / 2,
+            "estimated_time_to_regain_access": 0,
+        }]})
+        .to_string()
+    }
+
     /// A `X-Business-Use-Case-Usage` value for one WABA at full usage that asks to wait
     /// `regain_minutes` (Meta sends whole minutes; fractions make short test waits).
     pub fn throttled_usage(waba_id: &str, regain_minutes: f64) -> String {

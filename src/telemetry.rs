@@ -1,6 +1,7 @@
 //! The exporter's own live metrics (`whatsapp_flows_exporter_*` that change
 //! between polls): Graph calls by endpoint and outcome, their duration, polls,
-//! skipped ticks, rate-limit usage, build info and process metrics. They live in
+//! skipped ticks, rate-limit usage, waits and budgets, build info and process
+//! metrics. They live in
 //! a registry the application owns (never the global one) and are rendered on
 //! every scrape; they are few and cheap. Per-flow series are rendered once per
 //! poll by `exposition`.
@@ -8,11 +9,12 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::graph::wire::Usage;
+use crate::ratelimit::{Refusal, WabaState, WaitReason};
 
 const NS: &str = "whatsapp_flows_exporter";
 
@@ -30,6 +32,14 @@ pub struct Telemetry {
     skipped_ticks: IntCounterVec,
     usage: GaugeVec,
     regain: GaugeVec,
+    wait_seconds: CounterVec,
+    waits: IntCounterVec,
+    waba_calls: IntGaugeVec,
+    waba_budget: IntGaugeVec,
+    refusing: IntGaugeVec,
+    /// The WABAs the three per-WABA rate-limit gauges have series for.
+    rate_limit_wabas: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    pause: Gauge,
     served_version: IntGaugeVec,
     token_valid: IntGauge,
     api_available: IntGauge,
@@ -75,7 +85,7 @@ impl Telemetry {
         let calls_saved = IntCounterVec::new(
             opts(
                 "graph_calls_saved_total",
-                "Graph API calls not made, by reason: throttle_pause (the client waits out throttling) or poll_halted (a token, API-gone or throttling error stopped the poll).",
+                "Graph API calls not made, by reason: throttle_pause (the client is paused after throttling for longer than a call waits), usage_high (usage Graph reported is at or above rate_limit.stop_at), budget (the WABA used its rate_limit.waba_calls_per_hour) or poll_halted (a token, API-gone or throttling error stopped the poll).",
             ),
             &["reason"],
         )
@@ -129,6 +139,51 @@ impl Telemetry {
             ),
             &["business_id", "type"],
         )
+        .expect("valid metric");
+        let wait_seconds = CounterVec::new(
+            opts(
+                "rate_limit_wait_seconds_total",
+                "Time Graph calls waited before going out, by reason: pacing (rate_limit.min_call_interval), usage_slowdown (usage between rate_limit.slow_down_at and stop_at) or throttle (a throttle pause short enough to wait for). Summed over calls, so concurrent waits add up.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let waits = IntCounterVec::new(
+            opts(
+                "rate_limit_waits_total",
+                "Graph calls that waited before going out, by reason (see rate_limit_wait_seconds_total).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let waba_calls = IntGaugeVec::new(
+            opts(
+                "waba_calls_last_hour",
+                "Graph calls this exporter made for each WABA in the last 60 minutes (metric calls count against the flow's WABA, listings against the listed WABA; waba_id \"unknown\" for static flows of unknown WABA).",
+            ),
+            &["waba_id"],
+        )
+        .expect("valid metric");
+        let waba_budget = IntGaugeVec::new(
+            opts(
+                "waba_call_budget",
+                "rate_limit.waba_calls_per_hour: calls per WABA in any 60 minutes the exporter never exceeds. Absent when no budget is configured.",
+            ),
+            &["waba_id"],
+        )
+        .expect("valid metric");
+        let refusing = IntGaugeVec::new(
+            opts(
+                "rate_limit_refusing",
+                "1 while the exporter refuses Graph calls for this WABA (its call budget is used up, or usage is at or above rate_limit.stop_at and only a probe per cool_down goes out), else 0.",
+            ),
+            &["waba_id"],
+        )
+        .expect("valid metric");
+        let pause = Gauge::with_opts(opts(
+            "rate_limit_pause_seconds",
+            "Seconds left of the pause every Graph call keeps after Graph throttled (estimated_time_to_regain_access, or backoff); 0 when not paused.",
+        ))
         .expect("valid metric");
         let served_version = IntGaugeVec::new(
             opts(
@@ -201,6 +256,12 @@ impl Telemetry {
             Box::new(skipped_ticks.clone()),
             Box::new(usage.clone()),
             Box::new(regain.clone()),
+            Box::new(wait_seconds.clone()),
+            Box::new(waits.clone()),
+            Box::new(waba_calls.clone()),
+            Box::new(waba_budget.clone()),
+            Box::new(refusing.clone()),
+            Box::new(pause.clone()),
             Box::new(served_version.clone()),
             Box::new(token_valid.clone()),
             Box::new(api_available.clone()),
@@ -226,6 +287,13 @@ impl Telemetry {
             skipped_ticks,
             usage,
             regain,
+            wait_seconds,
+            waits,
+            waba_calls,
+            waba_budget,
+            refusing,
+            rate_limit_wabas: Default::default(),
+            pause,
             served_version,
             token_valid,
             api_available,
@@ -268,9 +336,78 @@ impl Telemetry {
             self.graph_requests
                 .with_label_values(&[endpoint, "success"]);
         }
-        for reason in ["throttle_pause", "poll_halted"] {
+        let refusals = [
+            Refusal::ThrottlePause {
+                left: Duration::ZERO,
+            },
+            Refusal::UsageHigh,
+            Refusal::Budget,
+        ];
+        for reason in refusals
+            .iter()
+            .map(|r| r.label())
+            .chain(std::iter::once("poll_halted"))
+        {
             self.calls_saved.with_label_values(&[reason]);
         }
+        for reason in WaitReason::ALL {
+            self.wait_seconds.with_label_values(&[reason.label()]);
+            self.waits.with_label_values(&[reason.label()]);
+        }
+    }
+
+    /// A call waited `took` for `reason`; `first`: the first wait of this call for
+    /// this reason (a call that waits twice for one reason counts once).
+    pub fn rate_limit_waited(&self, reason: &str, took: Duration, first: bool) {
+        self.wait_seconds
+            .with_label_values(&[reason])
+            .inc_by(took.as_secs_f64());
+        if first {
+            self.waits.with_label_values(&[reason]).inc();
+        }
+    }
+
+    /// The governor's per-WABA state and the pause left, as of now.
+    /// A WABA the governor no longer has (removed by a reload) loses its series;
+    /// the others are overwritten in place, so a concurrent scrape never sees
+    /// them missing.
+    pub fn set_rate_limit_state(&self, states: &[(String, WabaState)], pause: Duration) {
+        let mut shown = self
+            .rate_limit_wabas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        shown.retain(|waba| {
+            let kept = states.iter().any(|(w, _)| w == waba);
+            if !kept {
+                let _ = self.waba_calls.remove_label_values(&[waba]);
+                let _ = self.waba_budget.remove_label_values(&[waba]);
+                let _ = self.refusing.remove_label_values(&[waba]);
+            }
+            kept
+        });
+        for (waba, s) in states {
+            shown.insert(waba.clone());
+            if s.budget.is_none() {
+                let _ = self.waba_budget.remove_label_values(&[waba]);
+            }
+            self.waba_calls
+                .with_label_values(&[waba])
+                .set(s.calls_last_hour as i64);
+            if let Some(b) = s.budget {
+                self.waba_budget
+                    .with_label_values(&[waba])
+                    .set(i64::from(b));
+            }
+            self.refusing
+                .with_label_values(&[waba])
+                .set(i64::from(s.refusing));
+        }
+        self.pause.set(pause.as_secs_f64());
+    }
+
+    /// Reads a counter of calls not made, for tests.
+    pub fn calls_saved(&self, reason: &str) -> u64 {
+        self.calls_saved.with_label_values(&[reason]).get()
     }
 
     pub fn retry(&self, endpoint: &str) {

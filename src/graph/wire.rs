@@ -321,6 +321,19 @@ pub struct Usage {
     pub regain_minutes: Option<f64>,
 }
 
+impl Usage {
+    /// The highest of the three percentages, as a fraction (1.0 = 100 %): Graph
+    /// throttles when any of them reaches 100.
+    pub fn fraction(&self) -> f64 {
+        let pct = self.call_count.max(self.total_cputime).max(self.total_time);
+        if pct.is_finite() {
+            pct.max(0.0) / 100.0
+        } else {
+            0.0
+        }
+    }
+}
+
 fn field(v: &Value, name: &str) -> f64 {
     v.get(name).and_then(parse_value).unwrap_or(0.0)
 }

@@ -8,12 +8,13 @@ use flows_exporter::model::{Granularity, MetricKind};
 use crate::support::*;
 
 /// Masks the values that depend on wall time or the process (durations,
-/// process_* metrics); everything else must match exactly.
+/// pacing waits, process_* metrics); everything else must match exactly.
 fn normalize(text: &str) -> String {
     text.lines()
         .map(|l| {
             let varies = !l.starts_with('#')
                 && (l.starts_with("process_")
+                    || l.starts_with("whatsapp_flows_exporter_rate_limit_wait")
                     || ((l.contains("_duration_seconds_bucket")
                         || l.contains("_duration_seconds_sum"))
                         && l.starts_with("whatsapp_flows_exporter_")));

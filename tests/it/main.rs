@@ -12,6 +12,7 @@ mod fuzz_corpus;
 mod lifecycle;
 mod prometheus;
 mod prometheus_e2e;
+mod ratelimit;
 mod reload;
 mod rules;
 mod server;

@@ -1,0 +1,663 @@
+//! Rate-limit discipline as plain decisions over time values (sans-IO): the
+//! [`Governor`] owned by the Graph client is fed the usage Graph reports on every
+//! answer and every throttled answer, and before each call it says go now, wait
+//! until an instant, or refuse. It reads no clock and sleeps nowhere; the client
+//! passes `now` in and does the waiting.
+//!
+//! Per call it applies, in order:
+//! 1. a client-wide pause after throttling (Graph's `estimated_time_to_regain_access`,
+//!    else exponential backoff with jitter): wait it out when it ends within
+//!    `max_wait`, else refuse;
+//! 2. the optional per-WABA budget: a call that would make more than
+//!    `waba_calls_per_hour` in any rolling 60 minutes is refused, so the budget
+//!    is never exceeded;
+//! 3. usage at or above `stop_at` (the higher of the app's and the call's WABA's
+//!    figure): refused, except one probe per `cool_down`, because usage only
+//!    updates with an answer;
+//! 4. pacing: at least `min_call_interval` between any two call starts, and
+//!    between two starts for the same WABA a gap growing linearly from zero at
+//!    `slow_down_at` to `max_delay` at `stop_at`.
+//!
+//! A call the governor lets through is recorded at once, so concurrent callers
+//! can never together exceed the budget or skip the pacing.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::config::RateLimitConfig;
+
+/// The key calls of a flow whose WABA is not known (a static flow discovery has
+/// not seen) count under.
+pub const UNKNOWN_WABA: &str = "unknown";
+const HOUR: Duration = Duration::from_secs(3600);
+/// The longest throttle backoff when Graph gives no estimate.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Why a call waited before going out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WaitReason {
+    /// `min_call_interval` since the client's previous call.
+    Pacing,
+    /// The gap usage between `slow_down_at` and `stop_at` asks for.
+    UsageSlowdown,
+    /// A throttle pause that ends soon enough to wait for.
+    Throttle,
+}
+
+impl WaitReason {
+    pub const ALL: [WaitReason; 3] = [
+        WaitReason::Pacing,
+        WaitReason::UsageSlowdown,
+        WaitReason::Throttle,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WaitReason::Pacing => "pacing",
+            WaitReason::UsageSlowdown => "usage_slowdown",
+            WaitReason::Throttle => "throttle",
+        }
+    }
+}
+
+/// Why a call was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client is paused after throttling for longer than a call waits.
+    ThrottlePause { left: Duration },
+    /// Usage is at or above `stop_at` and the next probe is not due.
+    UsageHigh,
+    /// The WABA's calls in the last 60 minutes reached `waba_calls_per_hour`.
+    Budget,
+}
+
+impl Refusal {
+    /// The `reason` label of `graph_calls_saved_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::ThrottlePause { .. } => "throttle_pause",
+            Refusal::UsageHigh => "usage_high",
+            Refusal::Budget => "budget",
+        }
+    }
+}
+
+/// What to do with a call now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Call now; the call is recorded. `probe`: the one call let through while
+    /// usage is at or above `stop_at`.
+    Go {
+        probe: bool,
+    },
+    /// Ask again at `until`.
+    Wait {
+        until: Instant,
+        reason: WaitReason,
+    },
+    Refuse(Refusal),
+}
+
+/// The rate-limit state of one WABA, for the live metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WabaState {
+    pub calls_last_hour: u64,
+    pub budget: Option<u32>,
+    /// Calls for this WABA are refused now (budget used up or usage too high).
+    pub refusing: bool,
+}
+
+/// One usage figure: the highest of a header's percentages, as a fraction.
+#[derive(Debug, Clone, Copy, Default)]
+struct Source {
+    usage: f64,
+    /// While usage is at or above `stop_at`: when the next probe may go.
+    probe_at: Option<Instant>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Governor {
+    cfg: RateLimitConfig,
+    max_wait: Duration,
+    app: Source,
+    /// By business object id, which for the WhatsApp Business Management use
+    /// case is the WABA id.
+    business: HashMap<String, Source>,
+    last_start: Option<Instant>,
+    last_start_by_waba: HashMap<String, Instant>,
+    /// Call starts in the last hour, by WABA (kept whether or not a budget is set:
+    /// they are the `waba_calls_last_hour` gauge).
+    calls: BTreeMap<String, VecDeque<Instant>>,
+    paused_until: Option<Instant>,
+    /// Throttled answers in a row; the exponent of the backoff.
+    throttle_streak: u32,
+}
+
+impl Governor {
+    /// `max_wait`: the longest throttle pause a call waits out rather than fails.
+    /// `wabas` are shown in the metrics from the start.
+    pub fn new(cfg: RateLimitConfig, max_wait: Duration, wabas: &[String]) -> Governor {
+        Governor {
+            cfg,
+            max_wait,
+            app: Source::default(),
+            business: HashMap::new(),
+            last_start: None,
+            last_start_by_waba: HashMap::new(),
+            calls: wabas.iter().map(|w| (w.clone(), VecDeque::new())).collect(),
+            paused_until: None,
+            throttle_streak: 0,
+        }
+    }
+
+    /// Takes new settings (a reload) and keeps what was observed: usage, the
+    /// throttle pause and the calls of the last hour, so a reload never hands a
+    /// WABA still configured a fresh budget. WABAs added are shown in the
+    /// metrics from now on; WABAs removed leave them (and their count).
+    pub fn reconfigure(&mut self, cfg: RateLimitConfig, wabas: &[String]) {
+        self.cfg = cfg;
+        self.calls
+            .retain(|w, _| w == UNKNOWN_WABA || wabas.iter().any(|c| c == w));
+        for w in wabas {
+            self.calls.entry(w.clone()).or_default();
+        }
+    }
+
+    /// Records the usage of one answer: the app's figure and each business
+    /// object's (several use-case readings of one object count as their highest),
+    /// as fractions of the allowance (1.0 = 100 %).
+    pub fn observe(&mut self, app: Option<f64>, business: &[(String, f64)], now: Instant) {
+        let stop_at = self.cfg.stop_at;
+        let cool_down = self.cfg.cool_down;
+        let update = |source: &mut Source, usage: f64| {
+            source.usage = usage;
+            if usage < stop_at {
+                source.probe_at = None;
+            } else if source.probe_at.is_none() {
+                source.probe_at = Some(now + cool_down);
+            }
+        };
+        if let Some(u) = app {
+            update(&mut self.app, u);
+        }
+        let mut highest: HashMap<&str, f64> = HashMap::new();
+        for (id, u) in business {
+            let e = highest.entry(id.as_str()).or_insert(*u);
+            *e = e.max(*u);
+        }
+        for (id, u) in highest {
+            update(self.business.entry(id.to_owned()).or_default(), u);
+        }
+    }
+
+    /// A throttled answer: pauses every call for `regain` (Graph's estimate) or,
+    /// without one, for `backoff x 2^(throttled answers in a row)` scaled by
+    /// `jitter` (in [0.5, 1]). Returns the pause. With Graph's estimate, usage at
+    /// or above `stop_at` gets its probe when the pause ends rather than after
+    /// `cool_down`: Graph said when access comes back.
+    pub fn throttled(
+        &mut self,
+        now: Instant,
+        regain: Option<Duration>,
+        backoff: Duration,
+        jitter: f64,
+    ) -> Duration {
+        let pause = regain.unwrap_or_else(|| {
+            backoff
+                .saturating_mul(1 << self.throttle_streak.min(10))
+                .mul_f64(jitter.clamp(0.5, 1.0))
+                .min(MAX_BACKOFF)
+        });
+        self.throttle_streak = self.throttle_streak.saturating_add(1);
+        let until = now + pause;
+        if self.paused_until.is_none_or(|u| u < until) {
+            self.paused_until = Some(until);
+        }
+        if regain.is_some() {
+            let stop_at = self.cfg.stop_at;
+            for s in std::iter::once(&mut self.app)
+                .chain(self.business.values_mut())
+                .filter(|s| s.usage >= stop_at)
+            {
+                s.probe_at = self.paused_until;
+            }
+        }
+        pause
+    }
+
+    /// An answer that is not throttling: the backoff starts over.
+    pub fn answered(&mut self) {
+        self.throttle_streak = 0;
+    }
+
+    /// How long the client-wide throttle pause lasts from `now`, if any.
+    pub fn paused_for(&self, now: Instant) -> Option<Duration> {
+        self.paused_until
+            .and_then(|u| u.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// The usage that applies to a call for `waba`: the higher of the app's and
+    /// the WABA's.
+    pub fn usage_for(&self, waba: &str) -> f64 {
+        self.business
+            .get(waba)
+            .map_or(self.app.usage, |b| b.usage.max(self.app.usage))
+    }
+
+    /// The gap between two call starts for one WABA at this usage.
+    pub fn delay_for(&self, usage: f64) -> Duration {
+        let (slow, stop) = (self.cfg.slow_down_at, self.cfg.stop_at);
+        if usage < slow {
+            return Duration::ZERO;
+        }
+        self.cfg
+            .max_delay
+            .mul_f64(((usage - slow) / (stop - slow)).min(1.0))
+    }
+
+    /// Decides about one call for `waba` at `now`; a `Go` is recorded as a call.
+    pub fn decide(&mut self, waba: &str, now: Instant) -> Decision {
+        if let Some(left) = self.paused_for(now) {
+            return if left <= self.max_wait {
+                Decision::Wait {
+                    until: now + left,
+                    reason: WaitReason::Throttle,
+                }
+            } else {
+                Decision::Refuse(Refusal::ThrottlePause { left })
+            };
+        }
+        if let Some(budget) = self.cfg.waba_calls_per_hour {
+            if self.calls_last_hour(waba, now) >= u64::from(budget) {
+                return Decision::Refuse(Refusal::Budget);
+            }
+        }
+        let stop_at = self.cfg.stop_at;
+        let high: Vec<Option<Instant>> = [Some(&self.app), self.business.get(waba)]
+            .into_iter()
+            .flatten()
+            .filter(|s| s.usage >= stop_at)
+            .map(|s| s.probe_at)
+            .collect();
+        let probe = !high.is_empty();
+        if probe && !high.iter().all(|at| at.is_some_and(|at| at <= now)) {
+            return Decision::Refuse(Refusal::UsageHigh);
+        }
+
+        let mut until = now;
+        let mut reason = WaitReason::Pacing;
+        if let Some(last) = self.last_start {
+            until = until.max(last + self.cfg.min_call_interval);
+        }
+        if !probe {
+            let gap = self.delay_for(self.usage_for(waba));
+            if let Some(last) = self.last_start_by_waba.get(waba) {
+                let t = *last + gap;
+                if !gap.is_zero() && t > until {
+                    until = t;
+                    reason = WaitReason::UsageSlowdown;
+                }
+            }
+        }
+        if until > now {
+            return Decision::Wait { until, reason };
+        }
+
+        self.last_start = Some(now);
+        self.last_start_by_waba.insert(waba.to_owned(), now);
+        self.calls
+            .entry(waba.to_owned())
+            .or_default()
+            .push_back(now);
+        if probe {
+            let next = now + self.cfg.cool_down;
+            for s in [Some(&mut self.app), self.business.get_mut(waba)]
+                .into_iter()
+                .flatten()
+                .filter(|s| s.usage >= stop_at)
+            {
+                s.probe_at = Some(next);
+            }
+        }
+        Decision::Go { probe }
+    }
+
+    /// Calls started for `waba` in the 60 minutes before `now`.
+    pub fn calls_last_hour(&mut self, waba: &str, now: Instant) -> u64 {
+        let Some(calls) = self.calls.get_mut(waba) else {
+            return 0;
+        };
+        while calls
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= HOUR)
+        {
+            calls.pop_front();
+        }
+        calls.len() as u64
+    }
+
+    /// Every WABA seen (configured or called), with its state at `now`.
+    pub fn states(&mut self, now: Instant) -> Vec<(String, WabaState)> {
+        let wabas: Vec<String> = self.calls.keys().cloned().collect();
+        wabas
+            .into_iter()
+            .map(|waba| {
+                let calls_last_hour = self.calls_last_hour(&waba, now);
+                let budget = self.cfg.waba_calls_per_hour;
+                let usage_high = self.usage_for(&waba) >= self.cfg.stop_at;
+                let refusing =
+                    usage_high || budget.is_some_and(|b| calls_last_hour >= u64::from(b));
+                (
+                    waba,
+                    WabaState {
+                        calls_last_hour,
+                        budget,
+                        refusing,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const A: &str = "111";
+    const B: &str = "222";
+
+    fn cfg() -> RateLimitConfig {
+        RateLimitConfig {
+            slow_down_at: 0.75,
+            stop_at: 0.95,
+            max_delay: Duration::from_secs(20),
+            cool_down: Duration::from_secs(60),
+            min_call_interval: Duration::ZERO,
+            waba_calls_per_hour: None,
+        }
+    }
+
+    fn governor(cfg: RateLimitConfig) -> Governor {
+        Governor::new(cfg, Duration::from_secs(60), &[A.to_owned(), B.to_owned()])
+    }
+
+    fn go(g: &mut Governor, waba: &str, now: Instant) {
+        assert_eq!(g.decide(waba, now), Decision::Go { probe: false });
+    }
+
+    #[test]
+    fn low_usage_goes_at_once() {
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        g.observe(Some(0.1), &[(A.into(), 0.74)], t0);
+        for i in 0..10 {
+            go(&mut g, A, t0 + i * MS);
+        }
+        assert_eq!(g.calls_last_hour(A, t0 + 10 * MS), 10);
+    }
+
+    #[test]
+    fn min_call_interval_spaces_every_call_of_the_client() {
+        let mut g = governor(RateLimitConfig {
+            min_call_interval: 100 * MS,
+            ..cfg()
+        });
+        let t0 = Instant::now();
+        go(&mut g, A, t0);
+        // Another WABA's call is spaced too: the interval is client-wide.
+        assert_eq!(
+            g.decide(B, t0 + 30 * MS),
+            Decision::Wait {
+                until: t0 + 100 * MS,
+                reason: WaitReason::Pacing
+            }
+        );
+        go(&mut g, B, t0 + 100 * MS);
+    }
+
+    #[test]
+    fn slowdown_grows_linearly_between_the_thresholds() {
+        let g = governor(cfg());
+        assert_eq!(g.delay_for(0.5), Duration::ZERO);
+        assert_eq!(g.delay_for(0.75), Duration::ZERO);
+        assert_eq!(g.delay_for(0.85), Duration::from_secs(10));
+        assert_eq!(g.delay_for(0.95), Duration::from_secs(20));
+        assert_eq!(g.delay_for(1.2), Duration::from_secs(20));
+
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        g.observe(None, &[(A.into(), 0.85)], t0);
+        go(&mut g, A, t0);
+        let next = t0 + Duration::from_secs(10);
+        assert_eq!(
+            g.decide(A, t0 + MS),
+            Decision::Wait {
+                until: next,
+                reason: WaitReason::UsageSlowdown
+            }
+        );
+        // The other WABA's usage is low: not slowed.
+        go(&mut g, B, t0 + MS);
+        go(&mut g, A, next);
+    }
+
+    #[test]
+    fn app_usage_applies_to_every_waba() {
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        g.observe(Some(0.85), &[(A.into(), 0.1)], t0);
+        assert_eq!(g.usage_for(A), 0.85);
+        assert_eq!(g.usage_for(B), 0.85);
+        // Several readings of one object in one answer count as the highest.
+        g.observe(None, &[(B.into(), 0.9), (B.into(), 0.2)], t0);
+        assert_eq!(g.usage_for(B), 0.9);
+    }
+
+    #[test]
+    fn stop_at_the_threshold_then_one_probe_per_cool_down() {
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        let cool = Duration::from_secs(60);
+        g.observe(None, &[(A.into(), 0.96)], t0);
+        assert_eq!(g.decide(A, t0), Decision::Refuse(Refusal::UsageHigh));
+        assert_eq!(
+            g.decide(A, t0 + cool - MS),
+            Decision::Refuse(Refusal::UsageHigh)
+        );
+        go(&mut g, B, t0);
+        // Exactly one probe after the cool-down, however many ask.
+        assert_eq!(g.decide(A, t0 + cool), Decision::Go { probe: true });
+        assert_eq!(g.decide(A, t0 + cool), Decision::Refuse(Refusal::UsageHigh));
+        assert_eq!(
+            g.decide(A, t0 + cool + MS),
+            Decision::Refuse(Refusal::UsageHigh)
+        );
+        // The probe's answer says usage is still high: the next probe one cool-down later.
+        g.observe(None, &[(A.into(), 0.97)], t0 + cool + MS);
+        assert_eq!(
+            g.decide(A, t0 + 2 * cool - MS),
+            Decision::Refuse(Refusal::UsageHigh)
+        );
+        assert_eq!(g.decide(A, t0 + 2 * cool), Decision::Go { probe: true });
+        // It went down: calls go again, spaced for the usage.
+        g.observe(None, &[(A.into(), 0.5)], t0 + 2 * cool + MS);
+        go(&mut g, A, t0 + 2 * cool + 2 * MS);
+        go(&mut g, A, t0 + 2 * cool + 3 * MS);
+        assert_eq!(g.calls_last_hour(A, t0 + 3 * cool), 4);
+    }
+
+    #[test]
+    fn high_app_usage_lets_one_probe_through_for_the_whole_client() {
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        let cool = Duration::from_secs(60);
+        g.observe(Some(1.0), &[], t0);
+        assert_eq!(g.decide(A, t0), Decision::Refuse(Refusal::UsageHigh));
+        assert_eq!(g.decide(A, t0 + cool), Decision::Go { probe: true });
+        assert_eq!(g.decide(B, t0 + cool), Decision::Refuse(Refusal::UsageHigh));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_calls_of_the_last_hour() {
+        let mut g = governor(RateLimitConfig {
+            waba_calls_per_hour: Some(3),
+            ..cfg()
+        });
+        let t0 = Instant::now();
+        let min = Duration::from_secs(60);
+        go(&mut g, A, t0);
+        go(&mut g, A, t0 + min);
+        // The same budget reloaded: still two calls used.
+        g.reconfigure(
+            RateLimitConfig {
+                waba_calls_per_hour: Some(3),
+                ..cfg()
+            },
+            &[A.to_owned(), B.to_owned()],
+        );
+        go(&mut g, A, t0 + 2 * min);
+        assert_eq!(g.decide(A, t0 + 3 * min), Decision::Refuse(Refusal::Budget));
+        // A larger budget counts the calls already made.
+        g.reconfigure(
+            RateLimitConfig {
+                waba_calls_per_hour: Some(4),
+                ..cfg()
+            },
+            &[A.to_owned()],
+        );
+        go(&mut g, A, t0 + 4 * min);
+        assert_eq!(g.decide(A, t0 + 5 * min), Decision::Refuse(Refusal::Budget));
+        assert_eq!(g.calls_last_hour(A, t0 + 5 * min), 4);
+    }
+
+    #[test]
+    fn budget_is_never_exceeded_in_any_rolling_hour() {
+        let mut g = governor(RateLimitConfig {
+            waba_calls_per_hour: Some(3),
+            ..cfg()
+        });
+        let t0 = Instant::now();
+        let min = Duration::from_secs(60);
+        go(&mut g, A, t0);
+        go(&mut g, A, t0 + 10 * min);
+        go(&mut g, A, t0 + 20 * min);
+        assert_eq!(
+            g.decide(A, t0 + 30 * min),
+            Decision::Refuse(Refusal::Budget)
+        );
+        // Another WABA has its own budget.
+        go(&mut g, B, t0 + 30 * min);
+        assert_eq!(
+            g.decide(A, t0 + 60 * min - MS),
+            Decision::Refuse(Refusal::Budget)
+        );
+        // The first call leaves the window after 60 minutes: one more may go.
+        go(&mut g, A, t0 + 60 * min);
+        assert_eq!(
+            g.decide(A, t0 + 60 * min),
+            Decision::Refuse(Refusal::Budget)
+        );
+        // Over a long run, no 60-minute window holds more than the budget.
+        let mut starts = vec![t0, t0 + 10 * min, t0 + 20 * min, t0 + 60 * min];
+        let mut t = t0 + 60 * min;
+        while t < t0 + 300 * min {
+            t += 7 * min;
+            if g.decide(A, t) == (Decision::Go { probe: false }) {
+                starts.push(t);
+            }
+        }
+        for s in &starts {
+            let in_window = starts
+                .iter()
+                .filter(|x| **x >= *s && **x < *s + HOUR)
+                .count();
+            assert!(in_window <= 3, "{in_window} calls in the hour from {s:?}");
+        }
+        let states = g.states(t);
+        assert_eq!(states[0].0, A);
+        assert_eq!(states[0].1.budget, Some(3));
+    }
+
+    #[test]
+    fn throttling_pauses_every_call_with_backoff_when_graph_gives_no_estimate() {
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        let regain = Duration::from_secs(30);
+        g.observe(None, &[(B.into(), 1.0)], t0);
+        assert_eq!(g.throttled(t0, Some(regain), 10 * MS, 1.0), regain);
+        // Short enough to wait for, for every WABA.
+        for waba in [A, B] {
+            assert_eq!(
+                g.decide(waba, t0 + MS),
+                Decision::Wait {
+                    until: t0 + regain,
+                    reason: WaitReason::Throttle
+                }
+            );
+        }
+        go(&mut g, A, t0 + regain);
+        // Graph's estimate (30 s), not the cool-down (60 s), says when the
+        // probe for the WABA at full usage may go.
+        assert_eq!(g.decide(B, t0 + regain), Decision::Go { probe: true });
+        // Long: refused at once.
+        let t1 = t0 + regain;
+        g.throttled(t1, Some(Duration::from_secs(300)), 10 * MS, 1.0);
+        assert_eq!(
+            g.decide(A, t1 + Duration::from_secs(100)),
+            Decision::Refuse(Refusal::ThrottlePause {
+                left: Duration::from_secs(200)
+            })
+        );
+        assert_eq!(g.paused_for(t1 + Duration::from_secs(300)), None);
+        // Without an estimate the backoff doubles with each throttled answer in a
+        // row, jittered, and starts over after an answer that is not throttling.
+        let t2 = t1 + Duration::from_secs(300);
+        assert_eq!(g.throttled(t2, None, 10 * MS, 1.0), 40 * MS);
+        assert_eq!(g.throttled(t2, None, 10 * MS, 0.5), 40 * MS);
+        assert_eq!(g.throttled(t2, None, 10 * MS, 1.0), 160 * MS);
+        g.answered();
+        assert_eq!(
+            g.throttled(t2, None, 10 * MS, 0.75),
+            Duration::from_micros(7500)
+        );
+        // A shorter pause never shortens a longer one.
+        assert_eq!(g.paused_for(t2), Some(160 * MS));
+    }
+
+    #[test]
+    fn states_say_when_a_waba_is_refused() {
+        let mut g = governor(RateLimitConfig {
+            waba_calls_per_hour: Some(1),
+            ..cfg()
+        });
+        let t0 = Instant::now();
+        go(&mut g, A, t0);
+        g.observe(None, &[(B.into(), 0.99)], t0);
+        let states = g.states(t0);
+        assert_eq!(
+            states,
+            vec![
+                (
+                    A.to_owned(),
+                    WabaState {
+                        calls_last_hour: 1,
+                        budget: Some(1),
+                        refusing: true
+                    }
+                ),
+                (
+                    B.to_owned(),
+                    WabaState {
+                        calls_last_hour: 0,
+                        budget: Some(1),
+                        refusing: true
+                    }
+                ),
+            ]
+        );
+    }
+}
