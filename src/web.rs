@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -74,7 +74,17 @@ impl Web {
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let key = e.path().to_string();
                 let key = if key == "." { String::new() } else { key };
-                err(&key, e.into_inner().to_string())
+                // serde_yaml_ng puts the path in front of its message; the
+                // key is already said. The raw types' names mean nothing to users.
+                let message = e.into_inner().to_string();
+                let message = match message.split_once(": ") {
+                    Some((at, rest)) if !at.contains(' ') && key.starts_with(at) => rest,
+                    _ => &message,
+                }
+                .replace("struct RawWeb", "a mapping")
+                .replace("struct RawTls", "a mapping")
+                .replace("struct RawHttp", "a mapping");
+                err(&key, message)
             })?
         };
         raw.validate(dir)
@@ -242,13 +252,16 @@ impl TlsSettings {
         .map(PathBuf::as_path)
     }
 
-    /// Modification time and length of each file; a change means re-read.
-    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+    /// SHA-256 of each file's contents; a change means rebuild. Contents, not
+    /// modification times: those can be coarse, and a renewal can swap in a
+    /// file of the same length within the same tick.
+    fn stamp(&self) -> Vec<Option<[u8; 32]>> {
         self.files()
             .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+                let bytes = std::fs::read(p).ok()?;
+                let mut d = [0u8; 32];
+                d.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+                Some(d)
             })
             .collect()
     }
@@ -325,7 +338,7 @@ struct TlsSource {
 
 struct TlsState {
     config: Arc<ServerConfig>,
-    stamp: Vec<Option<(SystemTime, u64)>>,
+    stamp: Vec<Option<[u8; 32]>>,
     checked: Instant,
 }
 
@@ -343,8 +356,9 @@ impl TlsSource {
         })
     }
 
-    /// The current config. At most once a second it looks at the files'
-    /// metadata (a few microseconds) and re-reads them if they changed; a bad
+    /// The current config. At most once a second it reads the files (a few
+    /// KiB; blocking that briefly is cheaper than a trip to the blocking
+    /// pool) and rebuilds the config if they changed; a bad
     /// new certificate is logged and the previous one kept, so a half-done
     /// renewal does not take the exporter down.
     fn current(&self) -> Arc<ServerConfig> {
