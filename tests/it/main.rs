@@ -15,3 +15,4 @@ mod prometheus_e2e;
 mod rules;
 mod server;
 mod support;
+mod web;
