@@ -132,6 +132,8 @@ struct BasicAuth {
     salt: [u8; 32],
     /// bcrypt checks at once: a burst of new logins uses this many cores.
     verifying: tokio::sync::Semaphore,
+    /// bcrypt checks run so far (tests prove the cache with it).
+    bcrypt_runs: std::sync::atomic::AtomicUsize,
 }
 
 impl BasicAuth {
@@ -149,6 +151,7 @@ impl BasicAuth {
             cache: Mutex::new(HashSet::new()),
             salt,
             verifying: tokio::sync::Semaphore::new(cores),
+            bcrypt_runs: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -172,6 +175,8 @@ impl BasicAuth {
         if self.cached(&key) {
             return true;
         }
+        self.bcrypt_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let hash = hash.to_owned();
         let matched = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
@@ -765,6 +770,50 @@ mod tests {
             1,
             "one success cached"
         );
+        let runs = auth.bcrypt_runs.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(runs, 3, "unknown users and wrong passwords run bcrypt too");
         assert!(web.authorized(&header("alice", "right")).await);
+        assert_eq!(
+            auth.bcrypt_runs.load(std::sync::atomic::Ordering::Relaxed),
+            runs,
+            "a cached success costs no bcrypt"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_new_scrapes_runs_bcrypt_a_few_times_not_each() {
+        let hash = bcrypt::hash_with_salt("right", 6, [1; 16])
+            .expect("hash")
+            .to_string();
+        let web = Arc::new(
+            Web::parse(
+                &format!("basic_auth_users:\n  alice: '{hash}'\n"),
+                Path::new("."),
+            )
+            .expect("valid"),
+        );
+        let mut h = HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode("alice:right");
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {v}")).expect("header"),
+        );
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (web, h) = (web.clone(), h.clone());
+                tokio::spawn(async move { web.authorized(&h).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.expect("task"));
+        }
+        let runs = web
+            .auth
+            .as_ref()
+            .expect("auth")
+            .bcrypt_runs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(runs <= cores, "{runs} bcrypt runs for 200 scrapes");
     }
 }

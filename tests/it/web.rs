@@ -307,7 +307,7 @@ async fn basic_auth_protects_every_path() {
     // Many scrapes at once with the right password: all in, bcrypt checked
     // off the runtime (a stalled runtime would time these out).
     let oks =
-        futures_util::future::join_all((0..50).map(|_| get("/metrics", Some((USER, PASSWORD)))))
+        futures_util::future::join_all((0..200).map(|_| get("/metrics", Some((USER, PASSWORD)))))
             .await;
     for r in &oks {
         assert_eq!(r.status(), 200);
