@@ -21,6 +21,7 @@ use crate::exporter::{Exporter, Job};
 use crate::model::Clock;
 use crate::sandbox::{Sandbox, SandboxFlow, Traffic};
 use crate::server;
+use crate::web::Web;
 
 /// How long in-flight polls get to end after a shutdown signal. They are
 /// cancelled at once (what they would fetch dies with the process); this
@@ -28,10 +29,21 @@ use crate::server;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the exporter until `shutdown` is cancelled: start-up poll, scheduled
-/// jobs, reloads, and the HTTP server on `listener`.
+/// jobs, reloads, and the HTTP server on `listener` (plain HTTP, no
+/// authentication).
 pub async fn run(
     exporter: Arc<Exporter>,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_web(exporter, listener, Arc::new(Web::default()), shutdown).await
+}
+
+/// [`run`] with the HTTP server secured as the web config says.
+pub async fn run_web(
+    exporter: Arc<Exporter>,
+    listener: TcpListener,
+    web: Arc<Web>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
@@ -59,9 +71,10 @@ pub async fn run(
     }
 
     let served = {
-        let server = server::serve(
+        let server = server::serve_web(
             listener,
             exporter.clone(),
+            web,
             shutdown.clone().cancelled_owned(),
         );
         tokio::pin!(server);
@@ -283,17 +296,17 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// `flows-exporter serve`.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, web: Web) -> anyhow::Result<()> {
     let token = config.graph.token.load()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr().unwrap_or(config.listen);
-    info!(%address, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, "serving /metrics");
+    info!(%address, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, tls = web.is_tls(), basic_auth_users = web.users(), "serving /metrics");
     let exporter = Exporter::new(config, token, Clock::system())?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let result = run(exporter, listener, shutdown).await;
+    let result = run_web(exporter, listener, Arc::new(web), shutdown).await;
     signals.abort();
     result
 }
@@ -339,7 +352,7 @@ pub fn demo_config(listen: std::net::SocketAddr, base_url: String) -> Config {
 }
 
 /// `flows-exporter demo`: the sandbox Graph API and an exporter against it.
-pub async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+pub async fn demo(listen: std::net::SocketAddr, web: Web) -> anyhow::Result<()> {
     let sandbox_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot start the sandbox Graph API")?;
@@ -359,10 +372,11 @@ pub async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
 
     // One write, errors ignored: a closed stdout (say, piped into `head`) must
     // not take the demo down.
+    let scheme = if web.is_tls() { "https" } else { "http" };
     let banner = format!(
         "flows-exporter demo: a sandbox Graph API with realistic data, and the exporter polling it.\n\
-         \n  metrics:        http://{listen}/metrics\n  landing page:   http://{listen}/\n  \
-         readiness:      http://{listen}/-/ready\n  sandbox Graph:  \
+         \n  metrics:        {scheme}://{listen}/metrics\n  landing page:   {scheme}://{listen}/\n  \
+         readiness:      {scheme}://{listen}/-/ready\n  sandbox Graph:  \
          http://{sandbox_addr}/v23.0/102290129340398/flows?fields=id,name,status \
          (Authorization: Bearer {DEMO_TOKEN})\n\nPress Ctrl-C to stop.\n"
     );
@@ -372,7 +386,7 @@ pub async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
         let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
 
-    let result = run(exporter, listener, shutdown.clone()).await;
+    let result = run_web(exporter, listener, Arc::new(web), shutdown.clone()).await;
     shutdown.cancel();
     signals.abort();
     match sandbox_task.await {

@@ -22,6 +22,7 @@
 //! - [`telemetry`]: the exporter's own live metrics, in an app-owned registry.
 //! - [`exporter`]: discovery and polls; swaps in fresh snapshots; skip-if-running.
 //! - [`server`]: the only module that serves HTTP.
+//! - [`web`]: the web config file (TLS, basic auth, headers) the server applies.
 //! - [`app`]: scheduler, server and signals wired together; `serve` and `demo`.
 //! - [`sandbox`]: a fake Graph API for the demo, tests and benchmarks.
 
@@ -39,3 +40,4 @@ pub mod sandbox;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod web;

@@ -16,6 +16,7 @@ use flows_exporter::backfill::sink::{Auth, RemoteWriteConfig};
 use flows_exporter::backfill::{self, Output};
 use flows_exporter::config::Secret;
 use flows_exporter::model::{Clock, Granularity};
+use flows_exporter::web::Web;
 use flows_exporter::{app, config::Config};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
@@ -36,20 +37,43 @@ enum Command {
     Serve {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
+        #[command(flatten)]
+        web: WebArgs,
     },
     /// Run a built-in sandbox Graph API and the exporter against it: no account needed.
     Demo {
         #[arg(long, default_value = flows_exporter::config::DEFAULT_LISTEN)]
         listen: SocketAddr,
+        #[command(flatten)]
+        web: WebArgs,
     },
-    /// Validate a config file and exit.
+    /// Validate a config file (and a web config file, if given) and exit.
     CheckConfig {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
+        #[command(flatten)]
+        web: WebArgs,
     },
     /// Load the history Graph still serves (30 days of hour, 90 days of day data)
     /// into an OpenMetrics file or a remote-write receiver, once.
     Backfill(BackfillArgs),
+}
+
+#[derive(Debug, Args)]
+struct WebArgs {
+    /// Web config file (Prometheus exporter-toolkit format, YAML): TLS, basic
+    /// auth, response headers. Without it, plain HTTP without authentication.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config: Option<PathBuf>,
+}
+
+impl WebArgs {
+    fn load(&self) -> anyhow::Result<Web> {
+        match &self.web_config {
+            None => Ok(Web::default()),
+            Some(path) => Web::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -132,9 +156,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<()> {
     match cli.command {
-        Command::CheckConfig { config } => {
+        Command::CheckConfig { config, web } => {
             let path = config.display().to_string();
             let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            let web_config = web.load()?;
+            if let Some(web_path) = &web.web_config {
+                println!(
+                    "{}: OK ({}, {} basic-auth user(s))",
+                    web_path.display(),
+                    if web_config.is_tls() {
+                        "TLS"
+                    } else {
+                        "plain HTTP"
+                    },
+                    web_config.users()
+                );
+            }
             println!(
                 "{path}: OK ({} WABA(s), {} static flow(s), granularities: {})",
                 cfg.wabas.len(),
@@ -150,12 +187,16 @@ fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve { config } => {
+        Command::Serve { config, web } => {
             let path = config.display().to_string();
             let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-            runtime()?.block_on(app::serve(cfg))
+            let web = web.load()?;
+            runtime()?.block_on(app::serve(cfg, web))
         }
-        Command::Demo { listen } => runtime()?.block_on(app::demo(listen)),
+        Command::Demo { listen, web } => {
+            let web = web.load()?;
+            runtime()?.block_on(app::demo(listen, web))
+        }
         Command::Backfill(args) => {
             let path = args.config.display().to_string();
             let cfg = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;

@@ -1,7 +1,12 @@
 //! The only module that serves HTTP: `/metrics` (from memory, gzip when asked),
-//! `/` (a landing page), `/-/healthy`, `/-/ready` and `POST /-/reload`. Takes an already-bound
-//! listener and a shutdown future; on shutdown it stops accepting and lets open
-//! connections finish.
+//! `/` (a landing page), `/-/healthy`, `/-/ready` and `POST /-/reload`, over
+//! plain TCP or TLS, behind basic auth when the web config ([`crate::web`])
+//! asks. Takes an already-bound listener and a shutdown future; on shutdown it
+//! stops accepting and lets open connections finish their request.
+//!
+//! Limits: MAX_CONNECTIONS at once, a 16 KiB request head, 10 s for a head or a
+//! TLS handshake, no request body read (64 KiB at most declared), connections
+//! recycled after two minutes.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -16,18 +21,31 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::exporter::{self, Exporter, ReloadError};
+use crate::web::Web;
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Connections served at once; further ones wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 512;
 /// Largest request head (request line and headers) read; larger is refused.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Time a client gets to send its request head.
+/// Time a client gets to send its request head (and to finish a TLS
+/// handshake); an idle keep-alive connection is closed after it too.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body accepted (by Content-Length); none is ever read.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+/// A connection older than this is closed once its current request is
+/// answered; a client stuck reading a response loses it CLOSE_GRACE later.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
+/// Time the request in progress gets when its connection is being closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// A response body made of a few ready chunks, sent without copying them.
 #[derive(Debug, Default)]
@@ -59,14 +77,26 @@ impl Body for Chunks {
     }
 }
 
-/// Serves until `shutdown` resolves, then waits (up to 10 s) for open
-/// connections to finish.
+/// Serves plain HTTP without authentication until `shutdown` resolves; see
+/// [`serve_web`].
 pub async fn serve(
     listener: TcpListener,
     exporter: Arc<Exporter>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    serve_web(listener, exporter, Arc::new(Web::default()), shutdown).await
+}
+
+/// Serves with the web config's TLS, basic auth and headers until `shutdown`
+/// resolves, then lets open connections finish their request (up to 10 s).
+pub async fn serve_web(
+    listener: TcpListener,
+    exporter: Arc<Exporter>,
+    web: Arc<Web>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -91,35 +121,160 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        // Responses are written whole; do not let Nagle hold back their tail.
-        let _ = stream.set_nodelay(true);
-        let exporter = exporter.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let exporter = exporter.clone();
-            async move { Ok::<_, Infallible>(route(&exporter, &req)) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        // Each connection task is watched by `graceful`, which waits for it below.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
+        let ctx = Ctx {
+            exporter: exporter.clone(),
+            web: web.clone(),
+            stop: stop.clone(),
+            peer,
+        };
+        // Each connection task is owned by `connections`, which waits for it below.
+        connections.spawn(async move {
+            connection(stream, ctx).await;
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+    stop.cancel();
+    connections.close();
+    // Every connection ends within CLOSE_GRACE of `stop`; this is a backstop.
+    if tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), connections.wait())
         .await
         .is_err()
     {
-        warn!("connections still open after 10 s; closing them");
+        warn!("connections still open after the grace period");
     }
     Ok(())
+}
+
+/// What a connection task needs.
+struct Ctx {
+    exporter: Arc<Exporter>,
+    web: Arc<Web>,
+    stop: CancellationToken,
+    peer: std::net::SocketAddr,
+}
+
+/// One accepted connection: the TLS handshake if configured, then HTTP/1.
+async fn connection(mut stream: TcpStream, ctx: Ctx) {
+    // Responses are written whole; do not let Nagle hold back their tail.
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = ctx.web.tls_config() else {
+        return http(stream, ctx).await;
+    };
+    // A TLS client speaks first, with a handshake record (0x16). Anything
+    // else is most likely plain HTTP: say so, as Go's servers do, and close.
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        r = tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first)) => r,
+        () = ctx.stop.cancelled() => return,
+    };
+    match peeked {
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => {
+            // Read what was sent (bounded) so closing does not reset the
+            // connection before the client reads the answer.
+            let mut head = vec![0u8; MAX_HEAD_BYTES];
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut head)).await;
+            let _ = stream.write_all(PLAIN_HTTP_TO_TLS).await;
+            let _ = stream.shutdown().await;
+            debug!(peer = %ctx.peer, "plain HTTP on the TLS port refused");
+            return;
+        }
+        _ => return,
+    }
+    // The handshake gets the same time as a request head, so a slow client
+    // cannot hold a connection permit for long.
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(HEAD_TIMEOUT, TlsAcceptor::from(tls).accept(stream)) => r,
+        () = ctx.stop.cancelled() => return,
+    };
+    match accepted {
+        Ok(Ok(stream)) => http(stream, ctx).await,
+        Ok(Err(e)) => debug!(peer = %ctx.peer, error = %e, "TLS handshake failed"),
+        Err(_) => debug!(peer = %ctx.peer, "TLS handshake timed out"),
+    }
+}
+
+const PLAIN_HTTP_TO_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// HTTP/1 on a (possibly TLS) stream until the client closes, the server
+/// stops, or the connection is MAX_CONNECTION_AGE old; in the last two cases
+/// the request in progress gets CLOSE_GRACE to finish.
+async fn http<S>(stream: S, ctx: Ctx)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ctx {
+        exporter,
+        web,
+        stop,
+        peer,
+    } = ctx;
+    let service = hyper::service::service_fn(move |req| {
+        let exporter = exporter.clone();
+        let web = web.clone();
+        async move { Ok::<_, Infallible>(respond(&exporter, &web, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = stop.cancelled() => None,
+        () = tokio::time::sleep(MAX_CONNECTION_AGE) => None,
+    };
+    let result = match ended {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(CLOSE_GRACE, conn)
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The checks every request goes through before its route: body size, then
+/// basic auth; then the configured headers on whatever the answer is.
+async fn respond(exporter: &Exporter, web: &Web, req: Request<Incoming>) -> Response<Chunks> {
+    let mut response = if let Some(refused) = refuse_body(&req) {
+        refused
+    } else if !web.authorized(req.headers()).await {
+        let mut r = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        r
+    } else {
+        route(exporter, &req)
+    };
+    for (name, value) in web.headers() {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// No route reads a request body, so none is ever read: a body larger than
+/// MAX_BODY_BYTES (by its Content-Length) gets 413 and one of unknown length
+/// (chunked) 411, both closing the connection rather than draining it.
+fn refuse_body(req: &Request<Incoming>) -> Option<Response<Chunks>> {
+    let size = req.body().size_hint();
+    let mut r = match size.upper() {
+        Some(n) if n <= MAX_BODY_BYTES => return None,
+        Some(_) => plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+        None => plain(
+            StatusCode::LENGTH_REQUIRED,
+            "a request body needs a Content-Length\n",
+        ),
+    };
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(r)
 }
 
 fn route(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {

@@ -17,3 +17,4 @@ mod reload;
 mod rules;
 mod server;
 mod support;
+mod web;

@@ -62,6 +62,12 @@ impl Prometheus {
     /// `whatsapp_flows`, evaluating `rules` every second, and waits until it is
     /// ready.
     pub async fn start(target: &str, rules: &str) -> Prometheus {
+        Prometheus::start_with(target, rules, "").await
+    }
+
+    /// [`Prometheus::start`] with more keys for the scrape job (YAML lines
+    /// indented by four spaces, e.g. `    scheme: https\n`).
+    pub async fn start_with(target: &str, rules: &str, job_keys: &str) -> Prometheus {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -73,7 +79,7 @@ impl Prometheus {
                 format!(
                     "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                      rule_files:\n  - {}\n\
-                     scrape_configs:\n  - job_name: whatsapp_flows\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                     scrape_configs:\n  - job_name: whatsapp_flows\n{job_keys}    static_configs:\n      - targets: [\"{target}\"]\n",
                     rules_path.display()
                 ),
             )

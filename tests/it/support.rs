@@ -172,6 +172,25 @@ pub async fn start_server(exporter: Arc<Exporter>) -> RunningServer {
     RunningServer { base, stop }
 }
 
+/// [`start_server`] with a web config (TLS, basic auth); `base` is
+/// `https://127.0.0.1:PORT` when it has TLS.
+pub async fn start_server_web(
+    exporter: Arc<Exporter>,
+    web: flows_exporter::web::Web,
+) -> RunningServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let scheme = if web.is_tls() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    tokio::spawn(flows_exporter::server::serve_web(
+        listener,
+        exporter,
+        Arc::new(web),
+        stop.clone().cancelled_owned(),
+    ));
+    RunningServer { base, stop }
+}
+
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
