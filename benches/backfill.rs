@@ -141,8 +141,9 @@ fn main() {
             .serve(listener, stop.clone().cancelled_owned()),
     );
     let config = dir.path().join("config.toml");
+    // No spacing between calls (`min_call_interval`): this measures the exporter, not its pacing.
     let mut text = format!(
-        "[graph]\nbase_url = \"http://{addr}\"\nmax_concurrency = {concurrency}\nretry_backoff_seconds = 0.05\n"
+        "[graph]\nbase_url = \"http://{addr}\"\nmax_concurrency = {concurrency}\nretry_backoff_seconds = 0.05\n[rate_limit]\nmin_call_interval = \"0s\"\n"
     );
     for waba in flows_exporter::sandbox::REALISTIC_WABA_IDS {
         text.push_str(&format!("[[wabas]]\nid = \"{waba}\"\n"));

@@ -74,8 +74,9 @@ fn main() {
             .serve(listener, stop.clone().cancelled_owned()),
     );
 
+    // No spacing between calls (`min_call_interval`): this measures the exporter, not its pacing.
     let mut text = format!(
-        "[graph]\nbase_url = \"http://{addr}\"\nmax_concurrency = 8\nretry_backoff_seconds = 0.01\n"
+        "[graph]\nbase_url = \"http://{addr}\"\nmax_concurrency = 8\nretry_backoff_seconds = 0.01\n[rate_limit]\nmin_call_interval = \"0s\"\n"
     );
     for w in REALISTIC_WABA_IDS {
         text.push_str(&format!("[[wabas]]\nid = \"{w}\"\n"));

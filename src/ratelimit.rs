@@ -19,7 +19,8 @@
 //!    `slow_down_at` to `max_delay` at `stop_at`.
 //!
 //! A call the governor lets through is recorded at once, so concurrent callers
-//! can never together exceed the budget or skip the pacing.
+//! can never together exceed the budget or skip the pacing. Calls are counted
+//! per minute, so the governor's memory does not grow with the call rate.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -29,7 +30,6 @@ use crate::config::RateLimitConfig;
 /// The key calls of a flow whose WABA is not known (a static flow discovery has
 /// not seen) count under.
 pub const UNKNOWN_WABA: &str = "unknown";
-const HOUR: Duration = Duration::from_secs(3600);
 /// The longest throttle backoff when Graph gives no estimate.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -115,6 +115,35 @@ struct Source {
     probe_at: Option<Instant>,
 }
 
+/// The call starts of one WABA as counts per minute: at most 61 counters,
+/// whatever the call rate. The hour's count takes the oldest minute whole, so
+/// it may include calls up to 61 minutes old: a budget errs on the safe side
+/// (a call is refused up to a minute later than strictly needed), never over.
+#[derive(Debug, Clone, Default)]
+struct CallWindow(VecDeque<(u64, u64)>);
+
+impl CallWindow {
+    fn record(&mut self, minute: u64) {
+        self.forget_before(minute);
+        match self.0.back_mut() {
+            Some((m, n)) if *m >= minute => *n += 1,
+            _ => self.0.push_back((minute, 1)),
+        }
+    }
+
+    /// Calls in the minutes `minute - 60 ..= minute`.
+    fn last_hour(&mut self, minute: u64) -> u64 {
+        self.forget_before(minute);
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    fn forget_before(&mut self, minute: u64) {
+        while self.0.front().is_some_and(|(m, _)| m + 60 < minute) {
+            self.0.pop_front();
+        }
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Governor {
@@ -128,7 +157,9 @@ pub struct Governor {
     last_start_by_waba: HashMap<String, Instant>,
     /// Call starts in the last hour, by WABA (kept whether or not a budget is set:
     /// they are the `waba_calls_last_hour` gauge).
-    calls: BTreeMap<String, VecDeque<Instant>>,
+    calls: BTreeMap<String, CallWindow>,
+    /// Minute 0 of the call windows: the first instant the governor was given.
+    epoch: Option<Instant>,
     paused_until: Option<Instant>,
     /// Throttled answers in a row; the exponent of the backoff.
     throttle_streak: u32,
@@ -145,7 +176,11 @@ impl Governor {
             business: HashMap::new(),
             last_start: None,
             last_start_by_waba: HashMap::new(),
-            calls: wabas.iter().map(|w| (w.clone(), VecDeque::new())).collect(),
+            calls: wabas
+                .iter()
+                .map(|w| (w.clone(), CallWindow::default()))
+                .collect(),
+            epoch: None,
             paused_until: None,
             throttle_streak: 0,
         }
@@ -307,10 +342,11 @@ impl Governor {
 
         self.last_start = Some(now);
         self.last_start_by_waba.insert(waba.to_owned(), now);
+        let minute = self.minute(now);
         self.calls
             .entry(waba.to_owned())
             .or_default()
-            .push_back(now);
+            .record(minute);
         if probe {
             let next = now + self.cfg.cool_down;
             for s in [Some(&mut self.app), self.business.get_mut(waba)]
@@ -324,18 +360,21 @@ impl Governor {
         Decision::Go { probe }
     }
 
-    /// Calls started for `waba` in the 60 minutes before `now`.
+    /// Calls started for `waba` in the 60 minutes before `now`, counting the
+    /// whole of the oldest minute (see [`CallWindow`]): never fewer than were
+    /// made, at most one minute's calls more.
     pub fn calls_last_hour(&mut self, waba: &str, now: Instant) -> u64 {
-        let Some(calls) = self.calls.get_mut(waba) else {
-            return 0;
-        };
-        while calls
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= HOUR)
-        {
-            calls.pop_front();
-        }
-        calls.len() as u64
+        let minute = self.minute(now);
+        self.calls
+            .get_mut(waba)
+            .map_or(0, |calls| calls.last_hour(minute))
+    }
+
+    /// Whole minutes from the epoch (the first instant seen) to `now`; an instant
+    /// before the epoch (a concurrent caller's) counts as minute 0.
+    fn minute(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_secs() / 60
     }
 
     /// Every WABA seen (configured or called), with its state at `now`.
@@ -367,6 +406,8 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const SEC: Duration = Duration::from_secs(1);
+    const HOUR: Duration = Duration::from_secs(3600);
     const A: &str = "111";
     const B: &str = "222";
 
@@ -502,6 +543,28 @@ mod tests {
     }
 
     #[test]
+    fn the_call_count_keeps_at_most_61_minutes_whatever_the_rate() {
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        // 100,000 calls over three hours (more than 9 a second).
+        let step = Duration::from_millis(108);
+        for i in 0..100_000u32 {
+            go(&mut g, A, t0 + step * i);
+        }
+        let end = t0 + step * 99_999;
+        let window = &g.calls[A].0;
+        assert!(window.len() <= 61, "{} minutes kept", window.len());
+        // The hour's count is never below the calls of the last 60 minutes and
+        // at most one minute's calls above.
+        let exact = (0..100_000u32)
+            .filter(|i| end.saturating_duration_since(t0 + step * *i) < HOUR)
+            .count() as u64;
+        let counted = g.calls_last_hour(A, end);
+        assert!(counted >= exact, "{counted} < {exact}");
+        assert!(counted <= exact + 60_000 / 108 + 1, "{counted} vs {exact}");
+    }
+
+    #[test]
     fn a_reload_keeps_the_calls_of_the_last_hour() {
         let mut g = governor(RateLimitConfig {
             waba_calls_per_hour: Some(3),
@@ -555,15 +618,20 @@ mod tests {
             g.decide(A, t0 + 60 * min - MS),
             Decision::Refuse(Refusal::Budget)
         );
-        // The first call leaves the window after 60 minutes: one more may go.
-        go(&mut g, A, t0 + 60 * min);
+        // Minutes are counted whole: the first call's minute leaves the window
+        // once 61 minutes have passed (never early), then one more may go.
         assert_eq!(
-            g.decide(A, t0 + 60 * min),
+            g.decide(A, t0 + 60 * min + 30 * SEC),
+            Decision::Refuse(Refusal::Budget)
+        );
+        go(&mut g, A, t0 + 61 * min);
+        assert_eq!(
+            g.decide(A, t0 + 61 * min),
             Decision::Refuse(Refusal::Budget)
         );
         // Over a long run, no 60-minute window holds more than the budget.
-        let mut starts = vec![t0, t0 + 10 * min, t0 + 20 * min, t0 + 60 * min];
-        let mut t = t0 + 60 * min;
+        let mut starts = vec![t0, t0 + 10 * min, t0 + 20 * min, t0 + 61 * min];
+        let mut t = t0 + 61 * min;
         while t < t0 + 300 * min {
             t += 7 * min;
             if g.decide(A, t) == (Decision::Go { probe: false }) {
