@@ -8,7 +8,10 @@
 //!
 //! Run: `cargo bench --bench load`
 //! Knobs (environment): LOAD_FLOWS (1000), LOAD_SCRAPERS (200),
-//! LOAD_SECONDS (10, per phase), LOAD_MAX_REQUESTS (200000, per phase).
+//! LOAD_SECONDS (10, per phase), LOAD_MAX_REQUESTS (200000, per phase),
+//! LOAD_TLS (0; 1 serves /metrics over TLS behind bcrypt basic auth, as a
+//! `--web.config.file` asks, and every scraper does a handshake and sends the
+//! password).
 
 #[path = "support/serve.rs"]
 mod serve;
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serve::{Scraper, Served, knob, percentile, proc_status};
+use serve::{Scraper, Secure, Served, knob, percentile, proc_status};
 
 struct Phase {
     times: Vec<Duration>,
@@ -28,21 +31,30 @@ struct Phase {
 
 /// Runs `scrapers` threads against /metrics until `seconds` pass or
 /// `max_requests` have been started.
-fn phase(port: u16, gzip: bool, scrapers: u64, seconds: u64, max_requests: u64) -> Phase {
+fn phase(
+    port: u16,
+    secure: Option<Arc<Secure>>,
+    gzip: bool,
+    scrapers: u64,
+    seconds: u64,
+    max_requests: u64,
+) -> Phase {
     let started = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(seconds);
     let threads: Vec<_> = (0..scrapers)
         .map(|_| {
             let started = started.clone();
+            let secure = secure.clone();
             std::thread::spawn(move || {
                 let mut times = Vec::new();
                 let mut errors = Vec::new();
                 let mut bytes = 0u64;
-                let mut scraper = match Scraper::connect(port, "/metrics", gzip) {
-                    Ok(s) => s,
-                    Err(e) => return (times, vec![format!("connect: {e}")], bytes),
-                };
+                let mut scraper =
+                    match Scraper::connect_with(port, "/metrics", gzip, secure.as_deref()) {
+                        Ok(s) => s,
+                        Err(e) => return (times, vec![format!("connect: {e}")], bytes),
+                    };
                 while Instant::now() < deadline
                     && started.fetch_add(1, Ordering::Relaxed) < max_requests
                 {
@@ -87,15 +99,29 @@ fn main() {
     let max_requests = knob("LOAD_MAX_REQUESTS", 200_000);
 
     // Sandbox latency and poll concurrency only shape the start-up polls here.
-    let served = Served::start(flows, 1, 16);
+    let tls = knob("LOAD_TLS", 0) == 1;
+    let secure = tls.then(|| Arc::new(Secure::generate()));
+    let served = Served::start_with(flows, 1, 16, secure.clone());
     println!(
-        "flows-exporter load test: {flows} flows, {scrapers} concurrent keep-alive scrapers, at most {seconds} s and {max_requests} requests per phase"
+        "flows-exporter load test: {flows} flows, {scrapers} concurrent keep-alive scrapers, at most {seconds} s and {max_requests} requests per phase{}",
+        if tls {
+            ", over TLS with basic auth (bcrypt cost 10)"
+        } else {
+            ", plain HTTP"
+        }
     );
     println!("exporter ready after {:.2} s", served.startup.as_secs_f64());
 
     let mut failed = Vec::new();
     for gzip in [false, true] {
-        let p = phase(served.port, gzip, scrapers, seconds, max_requests);
+        let p = phase(
+            served.port,
+            secure.clone(),
+            gzip,
+            scrapers,
+            seconds,
+            max_requests,
+        );
         let n = p.times.len();
         let name = if gzip { "gzip " } else { "plain" };
         println!(

@@ -1,8 +1,8 @@
 //! Shared by the benchmarks that run the release `flows-exporter serve` binary:
 //! a sandbox Graph API with generated flows on loopback, the exporter started
 //! against it and waited for until ready, /proc readings of its process, and a
-//! minimal keep-alive HTTP/1.1 scraper that measures the exporter and loopback
-//! rather than a client library.
+//! minimal keep-alive HTTP/1.1 scraper (plain, or TLS with basic auth) that
+//! measures the exporter and loopback rather than a client library.
 
 // Each benchmark includes this file and uses a different part of it.
 #![allow(dead_code)]
@@ -11,6 +11,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flows_exporter::model::Clock;
@@ -18,6 +19,62 @@ use flows_exporter::sandbox::Sandbox;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "bench-token";
+const USER: &str = "prometheus";
+const PASSWORD: &str = "bench-password";
+
+/// TLS and basic auth for the exporter: a fresh CA and server certificate, a
+/// web config asking for one user with a bcrypt hash of cost 10, and what a
+/// scraper needs to talk to it.
+pub struct Secure {
+    dir: tempfile::TempDir,
+    client: Arc<rustls::ClientConfig>,
+    authorization: String,
+}
+
+impl Secure {
+    pub fn generate() -> Secure {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["localhost".into()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("server certificate");
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.path().join("server-key.pem"), key.serialize_pem()).expect("write");
+        let hash = bcrypt::hash(PASSWORD, 10).expect("bcrypt");
+        std::fs::write(
+            dir.path().join("web.yml"),
+            format!(
+                "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\nbasic_auth_users:\n  {USER}: {hash}\n"
+            ),
+        )
+        .expect("write");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).expect("CA");
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        use base64::Engine as _;
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+        Secure {
+            client: Arc::new(client),
+            authorization: format!("Authorization: Basic {credentials}\r\n"),
+            dir,
+        }
+    }
+
+    fn web_config(&self) -> PathBuf {
+        self.dir.path().join("web.yml")
+    }
+}
 
 /// A number from the environment, or `default`.
 pub fn knob(name: &str, default: u64) -> u64 {
@@ -57,6 +114,7 @@ pub struct Served {
     child: Child,
     stop: CancellationToken,
     dir: PathBuf,
+    secure: Option<Arc<Secure>>,
 }
 
 impl Served {
@@ -64,6 +122,16 @@ impl Served {
     /// and the exporter with `max_concurrency = concurrency` against it, and waits
     /// (at most ten minutes) until its start-up polls are done.
     pub fn start(flows: usize, latency_ms: u64, concurrency: u64) -> Served {
+        Served::start_with(flows, latency_ms, concurrency, None)
+    }
+
+    /// [`Served::start`], serving over TLS with basic auth when `secure` is given.
+    pub fn start_with(
+        flows: usize,
+        latency_ms: u64,
+        concurrency: u64,
+        secure: Option<Arc<Secure>>,
+    ) -> Served {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -102,9 +170,12 @@ impl Served {
         std::fs::write(&config, text).expect("write config");
 
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_flows-exporter"))
-            .args(["serve", "--config"])
-            .arg(&config)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flows-exporter"));
+        command.args(["serve", "--config"]).arg(&config);
+        if let Some(secure) = &secure {
+            command.arg("--web.config.file").arg(secure.web_config());
+        }
+        let child = command
             .env("WHATSAPP_ACCESS_TOKEN", TOKEN)
             .env("FLOWS_EXPORTER_LOG", "warn")
             .stdout(Stdio::null())
@@ -120,10 +191,12 @@ impl Served {
             child,
             stop,
             dir,
+            secure,
         };
         let deadline = started + Duration::from_secs(600);
         loop {
-            let ready = Scraper::connect(port, "/-/ready", false)
+            let ready = served
+                .scraper("/-/ready", false)
                 .and_then(|mut s| s.get())
                 .is_ok_and(|(status, _)| status == 200);
             if ready {
@@ -139,6 +212,11 @@ impl Served {
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// A keep-alive scraper of `path`, over TLS with basic auth if served so.
+    pub fn scraper(&self, path: &str, gzip: bool) -> io::Result<Scraper> {
+        Scraper::connect_with(self.port, path, gzip, self.secure.as_deref())
+    }
 }
 
 impl Drop for Served {
@@ -153,28 +231,56 @@ impl Drop for Served {
 /// One keep-alive HTTP/1.1 connection that GETs one path again and again and
 /// reads each body into a reused buffer.
 pub struct Scraper {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    conn: BufReader<Box<dyn Conn>>,
     request: Vec<u8>,
     line: String,
     body: Vec<u8>,
 }
 
+/// A plain or TLS connection.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
 impl Scraper {
     pub fn connect(port: u16, path: &str, gzip: bool) -> io::Result<Scraper> {
+        Scraper::connect_with(port, path, gzip, None)
+    }
+
+    /// Over TLS with basic auth when `secure` is given (the handshake happens
+    /// with the first request).
+    pub fn connect_with(
+        port: u16,
+        path: &str,
+        gzip: bool,
+        secure: Option<&Secure>,
+    ) -> io::Result<Scraper> {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let writer = stream.try_clone()?;
         let accept = if gzip {
             "Accept-Encoding: gzip\r\n"
         } else {
             ""
         };
+        let (conn, authorization): (Box<dyn Conn>, &str) = match secure {
+            None => (Box::new(stream), ""),
+            Some(secure) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+                let tls = rustls::ClientConnection::new(secure.client.clone(), name)
+                    .map_err(io::Error::other)?;
+                (
+                    Box::new(rustls::StreamOwned::new(tls, stream)),
+                    &secure.authorization,
+                )
+            }
+        };
         Ok(Scraper {
-            writer,
-            reader: BufReader::with_capacity(1 << 20, stream),
-            request: format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{accept}\r\n").into_bytes(),
+            conn: BufReader::with_capacity(1 << 20, conn),
+            request: format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{accept}{authorization}\r\n"
+            )
+            .into_bytes(),
             line: String::new(),
             body: Vec::new(),
         })
@@ -183,12 +289,14 @@ impl Scraper {
     /// Sends the request and reads the answer: its status and body length.
     /// An answer without Content-Length is an error (the exporter always sends it).
     pub fn get(&mut self) -> io::Result<(u16, usize)> {
-        self.writer.write_all(&self.request)?;
+        let conn = self.conn.get_mut();
+        conn.write_all(&self.request)?;
+        conn.flush()?;
         let mut status = None;
         let mut length = None;
         loop {
             self.line.clear();
-            if self.reader.read_line(&mut self.line)? == 0 {
+            if self.conn.read_line(&mut self.line)? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "connection closed",
@@ -219,7 +327,7 @@ impl Scraper {
         if self.body.len() < length {
             self.body.resize(length, 0);
         }
-        self.reader.read_exact(&mut self.body[..length])?;
+        self.conn.read_exact(&mut self.body[..length])?;
         Ok((status, length))
     }
 }
