@@ -216,6 +216,17 @@ impl fmt::Debug for GraphClient {
     }
 }
 
+/// The governor's single throttle-retry slot, held by one call while it waits
+/// out a pause to try again; given back when the call's next attempt ended or
+/// the call was dropped (cancelled, refused).
+struct ThrottleRetry<'a>(&'a GraphClient);
+
+impl Drop for ThrottleRetry<'_> {
+    fn drop(&mut self) {
+        self.0.governor().release_throttle_retry();
+    }
+}
+
 impl GraphClient {
     /// A client for `config.graph`, governed by `config.rate_limit`.
     pub fn new(
@@ -447,10 +458,15 @@ impl GraphClient {
         parse: impl Fn(&[u8]) -> Result<T, GraphError>,
     ) -> Result<T, GraphError> {
         let mut attempt: u32 = 0;
+        // Held while this call waits to retry after throttling (see
+        // `Governor::claim_throttle_retry`); given back when dropped.
+        let mut throttle_retry: Option<ThrottleRetry<'_>> = None;
         loop {
             self.admit(endpoint, waba).await?;
             let started = Instant::now();
             let (result, header_trace) = self.attempt(&url).await;
+            // The retry after throttling, if this was one, has been made.
+            drop(throttle_retry.take());
             let result = result.and_then(|body| parse(&body)).map_err(|mut e| {
                 // An answer without a Graph error envelope (a proxy's 5xx, garbage,
                 // a body cut off) still has the trace id header Meta support asks for.
@@ -476,16 +492,24 @@ impl GraphClient {
             }
             // Throttling: the pause is client-wide and the retry's admission waits
             // it out (or is refused when it is too long); no sleep here.
-            let wait = match (e.class, e.regain_after) {
-                (ErrorClass::Throttled, _) => match self.paused_for() {
-                    Some(left) if left > MAX_IN_CALL_WAIT => return Err(e),
-                    _ => Duration::ZERO,
-                },
-                _ => self.backoff(attempt),
-            };
             if attempt >= self.max_retries {
                 return Err(e);
             }
+            let wait = match (e.class, e.regain_after) {
+                (ErrorClass::Throttled, _) => match self.paused_for() {
+                    Some(left) if left > MAX_IN_CALL_WAIT => return Err(e),
+                    _ => {
+                        if !self.governor().claim_throttle_retry() {
+                            // Another throttled call is already waiting to try
+                            // again; one retry tells for all of them.
+                            return Err(e);
+                        }
+                        throttle_retry = Some(ThrottleRetry(self));
+                        Duration::ZERO
+                    }
+                },
+                _ => self.backoff(attempt),
+            };
             self.telemetry.retry(endpoint.label());
             tokio::time::sleep(wait).await;
             attempt += 1;

@@ -163,6 +163,9 @@ pub struct Governor {
     paused_until: Option<Instant>,
     /// Throttled answers in a row; the exponent of the backoff.
     throttle_streak: u32,
+    /// A throttled call is waiting out the pause to try once more; the other
+    /// calls throttled meanwhile give up rather than all coming back at once.
+    throttle_retry_taken: bool,
 }
 
 impl Governor {
@@ -183,6 +186,7 @@ impl Governor {
             epoch: None,
             paused_until: None,
             throttle_streak: 0,
+            throttle_retry_taken: false,
         }
     }
 
@@ -264,6 +268,19 @@ impl Governor {
     /// An answer that is not throttling: the backoff starts over.
     pub fn answered(&mut self) {
         self.throttle_streak = 0;
+    }
+
+    /// A throttled call asks whether it may wait out the pause and try again.
+    /// Only one may at a time: with many calls in flight when Graph throttles,
+    /// the rest fail at once (and the poll stops) instead of each retrying
+    /// after the pause. The holder gives the slot back with
+    /// [`Governor::release_throttle_retry`] once its next attempt ended.
+    pub fn claim_throttle_retry(&mut self) -> bool {
+        !std::mem::replace(&mut self.throttle_retry_taken, true)
+    }
+
+    pub fn release_throttle_retry(&mut self) {
+        self.throttle_retry_taken = false;
     }
 
     /// How long the client-wide throttle pause lasts from `now`, if any.
@@ -562,6 +579,18 @@ mod tests {
         let counted = g.calls_last_hour(A, end);
         assert!(counted >= exact, "{counted} < {exact}");
         assert!(counted <= exact + 60_000 / 108 + 1, "{counted} vs {exact}");
+    }
+
+    #[test]
+    fn one_throttled_call_at_a_time_waits_to_retry() {
+        let mut g = governor(cfg());
+        assert!(g.claim_throttle_retry());
+        assert!(!g.claim_throttle_retry(), "the others give up");
+        g.release_throttle_retry();
+        assert!(
+            g.claim_throttle_retry(),
+            "free again once the retry was made"
+        );
     }
 
     #[test]

@@ -402,3 +402,80 @@ async fn a_reload_does_not_reset_the_budget() {
     assert_eq!(calls.0, budget - used_1, "only what was left of the budget");
     assert_eq!(used(WABA_1), budget);
 }
+
+/// Eight calls in flight and no spacing between calls, and Graph throttles
+/// every one with 0.3 s to regain access: the first throttled answer pauses the
+/// whole client, so the calls already sent are all Graph sees until the pause
+/// ends, and the poll stops instead of each call retrying on its own (which
+/// would be 30 calls x 3 attempts). Once the fault clears and the pause is over,
+/// the next poll is whole again.
+#[tokio::test]
+async fn throttling_with_many_calls_in_flight_pauses_them_all() {
+    let sb = realistic().await;
+    let concurrency = 8;
+    let text = format!(
+        "[graph]\nbase_url = \"{}\"\nmax_concurrency = {concurrency}\nmax_retries = 2\n\
+         retry_backoff_seconds = 0.01\ntimeout_seconds = 5\n\
+         [[wabas]]\nid = \"{WABA_1}\"\n[[wabas]]\nid = \"{WABA_2}\"\n\
+         [granularity.day]\nenabled = false\n[granularity.lifetime]\nenabled = false\n\
+         [rate_limit]\nmin_call_interval = \"0s\"\n",
+        sb.base_url
+    );
+    let ex = exporter_with(&text, TOKEN);
+    ex.discover().await;
+    let (_, calls) = poll(&sb, &ex).await;
+    assert_eq!(calls, (15, 15), "a clean first poll");
+
+    // Slow answers, so that all eight calls are in flight together.
+    sb.sandbox.set_latency(Duration::from_millis(30));
+    sb.sandbox
+        .set_business_usage_header(UsageHeader::Fixed(Sandbox::throttled_usage(WABA_1, 0.005)));
+    sb.sandbox.inject(
+        flows_exporter::sandbox::FaultTarget::Metrics {
+            flow_id: None,
+            metric: None,
+            granularity: None,
+        },
+        flows_exporter::sandbox::Fault {
+            status: 429,
+            body: Sandbox::graph_error_body(80008, Some(2494055), "Too many calls"),
+            delay: Duration::ZERO,
+            times: None,
+        },
+    );
+    let (_, (c1, c2)) = poll(&sb, &ex).await;
+    let made = c1 + c2;
+    // The calls in flight, plus at most one throttled call retrying after
+    // each pause (max_retries = 2).
+    assert!(
+        (1..=concurrency + 2).contains(&made),
+        "{made} calls reached Graph while it throttled"
+    );
+    let text = scrape(&ex);
+    assert!(live(&text, "graph_calls_saved_total{reason=\"poll_halted\"}") > 0.0);
+    assert!(
+        samples(&text, "whatsapp_flows_data_stale")
+            .iter()
+            .any(|l| l.ends_with(" 1")),
+        "throttled cells are stale"
+    );
+
+    sb.sandbox.clear_faults();
+    sb.sandbox.set_business_usage_header(UsageHeader::Computed);
+    sb.sandbox.set_latency(Duration::ZERO);
+    // The pause (0.3 s) is waited out inside the poll, not skipped. WABA_2 is
+    // whole at once; WABA_1 was reported at 100 %, so its first call is the
+    // probe whose answer shows the usage down (calls decided before that
+    // answer are refused as usage_high), and the next poll is whole.
+    let (_, (c1, c2)) = poll(&sb, &ex).await;
+    assert!(c1 >= 1, "the probe");
+    assert_eq!(c2, 15);
+    let (_, calls) = poll(&sb, &ex).await;
+    assert_eq!(calls, (15, 15), "whole again after the pause");
+    assert!(
+        samples(&scrape(&ex), "whatsapp_flows_data_stale")
+            .iter()
+            .all(|l| l.ends_with(" 0"))
+    );
+    eprintln!("calls while throttled: {made}");
+}
