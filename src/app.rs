@@ -1,8 +1,9 @@
 //! Wires the pieces into the running service: the exporter, its cron jobs
 //! (tokio-cron-scheduler, one job per granularity plus discovery), the HTTP
-//! server, shutdown on SIGINT/SIGTERM, and reloading on SIGHUP (the exporter
-//! reloads; this module reschedules the jobs for every configuration it swaps
-//! in, however the reload was asked for). Also the `demo` set-up: the sandbox
+//! server, shutdown on SIGINT/SIGTERM, and reloading on SIGHUP (the config
+//! file and the web config file, both or neither, through `server::reload`;
+//! this module reschedules the jobs for every configuration the exporter
+//! swaps in, however the reload was asked for). Also the `demo` set-up: the sandbox
 //! Graph API and an exporter pointed at it, in one process.
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::exporter::{Exporter, Job};
 use crate::model::Clock;
 use crate::sandbox::{Sandbox, SandboxFlow, Traffic};
 use crate::server;
-use crate::web::Web;
+use crate::web::WebConfig;
 
 /// How long in-flight polls get to end after a shutdown signal. They are
 /// cancelled at once (what they would fetch dies with the process); this
@@ -36,14 +37,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_web(exporter, listener, Arc::new(Web::default()), shutdown).await
+    run_web(exporter, listener, Arc::new(WebConfig::default()), shutdown).await
 }
 
-/// [`run`] with the HTTP server secured as the web config says.
+/// [`run`] with the HTTP server secured as the web config says; a reload
+/// reads its file again too.
 pub async fn run_web(
     exporter: Arc<Exporter>,
     listener: TcpListener,
-    web: Arc<Web>,
+    web: Arc<WebConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
@@ -74,14 +76,14 @@ pub async fn run_web(
         let server = server::serve_web(
             listener,
             exporter.clone(),
-            web,
+            web.clone(),
             shutdown.clone().cancelled_owned(),
         );
         tokio::pin!(server);
         tokio::select! {
             served = &mut server => served,
             // Returns on shutdown; the server is stopping then too.
-            () = follow_reloads(&exporter, &scheduler, &tracker, &shutdown, scheduled) => server.await,
+            () = follow_reloads(&exporter, &web, &scheduler, &tracker, &shutdown, scheduled) => server.await,
         }
     };
 
@@ -151,12 +153,13 @@ impl Scheduled {
     }
 }
 
-/// Until shutdown: reloads on SIGHUP, and follows every configuration a
-/// reload swaps in (SIGHUP or `POST /-/reload`): reschedules the jobs when
+/// Until shutdown: reloads on SIGHUP (config and web config, as `POST
+/// /-/reload` does), and follows every configuration a reload swaps in: reschedules the jobs when
 /// they changed, then discovers at once, so new WABAs and flows show without
 /// waiting for the schedule, and polls granularities the reload enabled.
 async fn follow_reloads(
     exporter: &Arc<Exporter>,
+    web: &Arc<WebConfig>,
     scheduler: &JobScheduler,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
@@ -199,7 +202,7 @@ async fn follow_reloads(
             () = hangups.recv() => {
                 info!("SIGHUP received; reloading the configuration");
                 // `reload` logs and counts its result.
-                let _ = exporter.reload();
+                let _ = server::reload(exporter.clone(), web.clone()).await;
             }
             changed = configs.changed() => {
                 if changed.is_err() {
@@ -296,13 +299,13 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// `flows-exporter serve`.
-pub async fn serve(config: Config, web: Web) -> anyhow::Result<()> {
+pub async fn serve(config: Config, web: WebConfig) -> anyhow::Result<()> {
     let token = config.graph.token.load()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr().unwrap_or(config.listen);
-    info!(%address, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, tls = web.is_tls(), basic_auth_users = web.users(), "serving /metrics");
+    info!(%address, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, web_config = ?web.path(), tls = web.current().is_tls(), basic_auth_users = web.current().users(), "serving /metrics");
     let exporter = Exporter::new(config, token, Clock::system())?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -352,7 +355,7 @@ pub fn demo_config(listen: std::net::SocketAddr, base_url: String) -> Config {
 }
 
 /// `flows-exporter demo`: the sandbox Graph API and an exporter against it.
-pub async fn demo(listen: std::net::SocketAddr, web: Web) -> anyhow::Result<()> {
+pub async fn demo(listen: std::net::SocketAddr, web: WebConfig) -> anyhow::Result<()> {
     let sandbox_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot start the sandbox Graph API")?;
@@ -372,7 +375,11 @@ pub async fn demo(listen: std::net::SocketAddr, web: Web) -> anyhow::Result<()> 
 
     // One write, errors ignored: a closed stdout (say, piped into `head`) must
     // not take the demo down.
-    let scheme = if web.is_tls() { "https" } else { "http" };
+    let scheme = if web.current().is_tls() {
+        "https"
+    } else {
+        "http"
+    };
     let banner = format!(
         "flows-exporter demo: a sandbox Graph API with realistic data, and the exporter polling it.\n\
          \n  metrics:        {scheme}://{listen}/metrics\n  landing page:   {scheme}://{listen}/\n  \

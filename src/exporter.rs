@@ -247,8 +247,26 @@ impl Exporter {
     /// the app reschedules and runs a discovery when it sees the new one.
     /// `server.listen` cannot change without a restart: the old address stays.
     pub fn reload(&self) -> Result<(), ReloadError> {
+        self.reload_with(|| Ok(|| ()))
+    }
+
+    /// [`reload`](Self::reload) together with another file the service reads
+    /// again with it (the server's web config), all or nothing: `check` runs
+    /// once the config file has checked out and returns what to swap in; only
+    /// when it too succeeds are both applied, under the same one-at-a-time
+    /// lock. Either failure is logged and counted as one failed reload. The
+    /// exporter does not know what `check` reads: it stays free of HTTP.
+    pub fn reload_with<F: FnOnce()>(
+        &self,
+        check: impl FnOnce() -> Result<F, ReloadError>,
+    ) -> Result<(), ReloadError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let result = self.apply_file();
+        let result = self.check_file().and_then(|checked| {
+            let commit = check()?;
+            self.apply(checked);
+            commit();
+            Ok(())
+        });
         match &result {
             Ok(()) => {
                 self.telemetry
@@ -263,37 +281,52 @@ impl Exporter {
         result
     }
 
-    fn apply_file(&self) -> Result<(), ReloadError> {
+    /// Reads and validates the config file, its token and (when `[graph]`
+    /// changed) a new Graph client; changes nothing.
+    fn check_file(&self) -> Result<Checked, ReloadError> {
         let old = self.config();
         let path = old.path.clone().ok_or(ReloadError::NoFile)?;
         let invalid = |error| ReloadError::Invalid {
             path: path.clone(),
             error,
         };
-        let mut new = Config::load(&path).map_err(invalid)?;
-        let token = new.graph.token.load().map_err(invalid)?;
-        if new.listen != old.listen {
-            warn!(listening = %old.listen, configured = %new.listen, "server.listen changed: that needs a restart; still listening on the old address");
-            new.listen = old.listen;
+        let mut config = Config::load(&path).map_err(invalid)?;
+        let token = config.graph.token.load().map_err(invalid)?;
+        if config.listen != old.listen {
+            warn!(listening = %old.listen, configured = %config.listen, "server.listen changed: that needs a restart; still listening on the old address");
+            config.listen = old.listen;
         }
-        let current = self.client();
-        if new.graph != old.graph {
-            let client = current
-                .rebuilt(&new, token)
+        let client = if config.graph != old.graph {
+            let client = self
+                .client()
+                .rebuilt(&config, token)
                 .map_err(|e| ReloadError::Client(format!("{e:#}")))?;
-            *self.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+            NewClient::Rebuilt(client)
         } else {
-            current.reconfigure(&new);
-            if current.set_token(token) {
-                info!("the access token changed; using the new one");
+            NewClient::Token(token)
+        };
+        Ok(Checked { config, client })
+    }
+
+    /// Swaps in what `check_file` read; cannot fail.
+    fn apply(&self, Checked { config, client }: Checked) {
+        match client {
+            NewClient::Rebuilt(client) => {
+                *self.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+            }
+            NewClient::Token(token) => {
+                let current = self.client();
+                current.reconfigure(&config);
+                if current.set_token(token) {
+                    info!("the access token changed; using the new one");
+                }
             }
         }
         // Jobs a reload enables start with their series at 0, as at start-up.
-        self.telemetry.init(&job_labels(&new));
-        self.config.send_replace(Arc::new(new));
+        self.telemetry.init(&job_labels(&config));
+        self.config.send_replace(Arc::new(config));
         // Series of granularities no longer enabled go now, not at the next poll.
         self.render();
-        Ok(())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Snapshot> {
@@ -556,6 +589,19 @@ type CallOutput<'a> = (
 // higher-ranked lifetime inference).
 type CallFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = CallOutput<'a>> + Send + 'a>>;
+
+/// A reload's config file, read and validated, not yet applied.
+struct Checked {
+    config: Config,
+    client: NewClient,
+}
+
+/// The Graph client after a reload: a new one when `[graph]` changed, else
+/// the one in use with (perhaps) a new token.
+enum NewClient {
+    Rebuilt(GraphClient),
+    Token(Secret),
+}
 
 /// The `poll` labels of a configuration's jobs: discovery and each enabled granularity.
 fn job_labels(config: &Config) -> Vec<&'static str> {

@@ -22,7 +22,8 @@
 //! - [`telemetry`]: the exporter's own live metrics, in an app-owned registry.
 //! - [`exporter`]: discovery and polls; swaps in fresh snapshots; skip-if-running.
 //! - [`server`]: the only module that serves HTTP.
-//! - [`web`]: the web config file (TLS, basic auth, headers) the server applies.
+//! - [`web`]: the web config file (TLS, basic auth, headers) the server applies,
+//!   swapped whole by a reload ([`server::reload`]: config and web config, both or neither).
 //! - [`app`]: scheduler, server and signals wired together; `serve` and `demo`.
 //! - [`sandbox`]: a fake Graph API for the demo, tests and benchmarks.
 

@@ -16,7 +16,7 @@ use flows_exporter::backfill::sink::{Auth, RemoteWriteConfig};
 use flows_exporter::backfill::{self, Output};
 use flows_exporter::config::Secret;
 use flows_exporter::model::{Clock, Granularity};
-use flows_exporter::web::Web;
+use flows_exporter::web::WebConfig;
 use flows_exporter::{app, config::Config};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
@@ -68,10 +68,13 @@ struct WebArgs {
 }
 
 impl WebArgs {
-    fn load(&self) -> anyhow::Result<Web> {
+    /// The web config, remembering its file so a reload reads it again.
+    fn load(&self) -> anyhow::Result<WebConfig> {
         match &self.web_config {
-            None => Ok(Web::default()),
-            Some(path) => Web::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+            None => Ok(WebConfig::default()),
+            Some(path) => {
+                WebConfig::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            }
         }
     }
 }
@@ -159,7 +162,7 @@ fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<()> {
         Command::CheckConfig { config, web } => {
             let path = config.display().to_string();
             let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-            let web_config = web.load()?;
+            let web_config = web.load()?.current();
             if let Some(web_path) = &web.web_config {
                 println!(
                     "{}: OK ({}, {} basic-auth user(s))",

@@ -2,7 +2,11 @@
 //! `/` (a landing page), `/-/healthy`, `/-/ready` and `POST /-/reload`, over
 //! plain TCP or TLS, behind basic auth when the web config ([`crate::web`])
 //! asks. Takes an already-bound listener and a shutdown future; on shutdown it
-//! stops accepting and lets open connections finish their request.
+//! stops accepting and lets open connections finish their request. A reload
+//! ([`reload`], for `POST /-/reload` and the app's SIGHUP) reads the config
+//! file and the web config file again, both or neither; the web config in use
+//! is read per request (basic auth, headers) and per connection (TLS), so a
+//! switch between plain HTTP and TLS applies to new connections only.
 //!
 //! Limits: MAX_CONNECTIONS at once, a 16 KiB request head, 10 s for a head or a
 //! TLS handshake, no request body read (64 KiB at most declared), connections
@@ -11,6 +15,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,7 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::exporter::{self, Exporter, ReloadError};
-use crate::web::Web;
+use crate::web::{Web, WebConfig};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Connections served at once; further ones wait in the kernel's backlog.
@@ -84,15 +89,17 @@ pub async fn serve(
     exporter: Arc<Exporter>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_web(listener, exporter, Arc::new(Web::default()), shutdown).await
+    serve_web(listener, exporter, Arc::new(WebConfig::default()), shutdown).await
 }
 
 /// Serves with the web config's TLS, basic auth and headers until `shutdown`
 /// resolves, then lets open connections finish their request (up to 10 s).
+/// A reload swaps the web config in `web`: each new request gets its basic
+/// auth and headers, each new connection its TLS settings.
 pub async fn serve_web(
     listener: TcpListener,
     exporter: Arc<Exporter>,
-    web: Arc<Web>,
+    web: Arc<WebConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
@@ -149,16 +156,19 @@ pub async fn serve_web(
 /// What a connection task needs.
 struct Ctx {
     exporter: Arc<Exporter>,
-    web: Arc<Web>,
+    web: Arc<WebConfig>,
     stop: CancellationToken,
     peer: std::net::SocketAddr,
 }
 
-/// One accepted connection: the TLS handshake if configured, then HTTP/1.
+/// One accepted connection: the TLS handshake if the web config in use asks
+/// for TLS, then HTTP/1. A reload that turns TLS on or off changes what new
+/// connections get; this one stays as it started until it closes (at most
+/// MAX_CONNECTION_AGE).
 async fn connection(mut stream: TcpStream, ctx: Ctx) {
     // Responses are written whole; do not let Nagle hold back their tail.
     let _ = stream.set_nodelay(true);
-    let Some(tls) = ctx.web.tls_config() else {
+    let Some(tls) = ctx.web.current().tls_config() else {
         return http(stream, ctx).await;
     };
     // A TLS client speaks first, with a handshake record (0x16). Anything
@@ -241,8 +251,15 @@ where
 }
 
 /// The checks every request goes through before its route: body size, then
-/// basic auth; then the configured headers on whatever the answer is.
-async fn respond(exporter: &Exporter, web: &Web, req: Request<Incoming>) -> Response<Chunks> {
+/// basic auth; then the configured headers on whatever the answer is. The web
+/// config is the one in use when the request arrives, even on a connection
+/// opened before a reload: a user the reload removed is refused at once.
+async fn respond(
+    exporter: &Arc<Exporter>,
+    config: &Arc<WebConfig>,
+    req: Request<Incoming>,
+) -> Response<Chunks> {
+    let web: Arc<Web> = config.current();
     let mut response = if let Some(refused) = refuse_body(&req) {
         refused
     } else if !web.authorized(req.headers()).await {
@@ -250,6 +267,8 @@ async fn respond(exporter: &Exporter, web: &Web, req: Request<Incoming>) -> Resp
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
         r
+    } else if req.uri().path() == "/-/reload" {
+        reload_route(exporter, config, &req).await
     } else {
         route(exporter, &req)
     };
@@ -278,9 +297,6 @@ fn refuse_body(req: &Request<Incoming>) -> Option<Response<Chunks>> {
 }
 
 fn route(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
-    if req.uri().path() == "/-/reload" {
-        return reload(exporter, req);
-    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         r.headers_mut()
@@ -304,16 +320,53 @@ fn route(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
     response
 }
 
-/// `POST /-/reload` (Prometheus' convention): reads the config file again. The
-/// answer says whether it was applied, or what is wrong with it, by key.
-fn reload(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
+/// Reads the exporter's config file and, if the server has one, its web config
+/// file again, and applies both or neither (see [`Exporter::reload_with`]):
+/// a bad web config refuses the new config file too, and the other way round.
+/// The new web config applies from the next request on (TLS: the next
+/// connection). SIGHUP and `POST /-/reload` both come here.
+///
+/// The web config lives here, beside the server that uses it, rather than in
+/// the exporter: the exporter only learns that something else is checked
+/// with its config.
+pub async fn reload(exporter: Arc<Exporter>, web: Arc<WebConfig>) -> Result<(), ReloadError> {
+    // Off the runtime: reading a web config hashes a dummy password at the
+    // highest bcrypt cost in it, which can take a good part of a second.
+    let reloaded = tokio::task::spawn_blocking(move || {
+        exporter.reload_with(|| match web.check() {
+            Ok(new) => Ok(move || {
+                if let Some(new) = new {
+                    web.swap(new);
+                }
+            }),
+            Err(error) => Err(ReloadError::Invalid {
+                path: web.path().unwrap_or(Path::new("")).to_owned(),
+                error,
+            }),
+        })
+    });
+    match reloaded.await {
+        Ok(result) => result,
+        // A blocking task is cancelled only when the runtime shuts down, and
+        // then no one awaits this; what is left is a panic, passed on.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// `POST /-/reload` (Prometheus' convention): see [`reload`]. The answer says
+/// whether it was applied, or what is wrong, by file and key.
+async fn reload_route(
+    exporter: &Arc<Exporter>,
+    web: &Arc<WebConfig>,
+    req: &Request<Incoming>,
+) -> Response<Chunks> {
     if req.method() != Method::POST {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only POST\n");
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
-    let (status, text) = match exporter.reload() {
+    let (status, text) = match reload(exporter.clone(), web.clone()).await {
         Ok(()) => (StatusCode::OK, "reloaded\n".to_owned()),
         Err(e @ ReloadError::Invalid { .. }) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

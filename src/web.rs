@@ -1,15 +1,18 @@
 //! Securing the HTTP server: the web config file (Prometheus exporter-toolkit's
-//! YAML format, `--web.config.file`) checked once into a [`Web`], which holds
+//! YAML format, `--web.config.file`) checked into a [`Web`], which holds
 //! the TLS settings (rustls, with the certificate re-read when its files change),
 //! the basic-auth users (bcrypt hashes, with a cache of successful checks) and
-//! the extra response headers. `server` asks it; it does no socket I/O itself.
+//! the extra response headers. A [`WebConfig`] holds the `Web` in use and the
+//! file it came from; a reload reads the file into a new `Web` (with a new,
+//! empty cache) and swaps it in whole. `server` asks it; it does no socket I/O
+//! itself.
 //!
 //! Errors are [`ConfigError`]s naming the key path, like the TOML config's.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -117,6 +120,60 @@ impl Web {
             None => true,
             Some(auth) => auth.check(headers).await,
         }
+    }
+}
+
+/// The web config in use, swapped whole by a reload, and the file it was read
+/// from. The server asks for [`current`](Self::current) once per connection
+/// (TLS) and once per request (basic auth, headers), so a reload applies to
+/// the next request, and a TLS change to the next connection.
+#[derive(Debug, Default)]
+pub struct WebConfig {
+    /// None when there is no web config file: then a reload leaves it alone.
+    path: Option<PathBuf>,
+    current: RwLock<Arc<Web>>,
+}
+
+impl WebConfig {
+    /// A web config not read from a file (tests, `Web::default()`): never reloaded.
+    pub fn fixed(web: Web) -> WebConfig {
+        WebConfig {
+            path: None,
+            current: RwLock::new(Arc::new(web)),
+        }
+    }
+
+    /// Reads and checks `path`, and remembers it for reloads.
+    pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
+        Ok(WebConfig {
+            path: Some(path.to_owned()),
+            current: RwLock::new(Arc::new(Web::load(path)?)),
+        })
+    }
+
+    /// The file the config was read from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The `Web` in use now.
+    pub fn current(&self) -> Arc<Web> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the file again, if there is one, into a `Web` to swap in; changes
+    /// nothing. `Ok(None)` without a file.
+    pub fn check(&self) -> Result<Option<Web>, ConfigError> {
+        self.path.as_deref().map(Web::load).transpose()
+    }
+
+    /// Swaps `web` in: requests from now on see only it, and its empty
+    /// success cache, so a removed user or an old password is refused at once.
+    pub fn swap(&self, web: Web) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(web);
     }
 }
 

@@ -258,14 +258,21 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
-/// `flows-exporter serve --config path` with its stderr collected; the
-/// config must listen on port 0. Returns the process, its base URL and the
-/// log so far (shared with the thread that reads it).
-async fn serve(path: &std::path::Path) -> (Proc, String, Arc<Mutex<String>>) {
+/// `flows-exporter serve --config path [--web.config.file web]` with its
+/// stderr collected; the config must listen on port 0 (and the web config
+/// must not ask for TLS). Returns the process, its base URL and the log so
+/// far (shared with the thread that reads it).
+async fn serve(
+    path: &std::path::Path,
+    web: Option<&std::path::Path>,
+) -> (Proc, String, Arc<Mutex<String>>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flows-exporter"));
+    command.args(["serve", "--config"]).arg(path);
+    if let Some(web) = web {
+        command.arg("--web.config.file").arg(web);
+    }
     let mut child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_flows-exporter"))
-            .args(["serve", "--config"])
-            .arg(path)
+        command
             .env("FLOWS_EXPORTER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -329,7 +336,7 @@ async fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_bad() {
         text
     };
     std::fs::write(&path, config("127.0.0.1:0", "", &[WABA_1])).expect("write config");
-    let (mut child, base, logs) = serve(&path).await;
+    let (mut child, base, logs) = serve(&path, None).await;
     wait_ready(&base).await;
     let waba_2_flow = sb
         .sandbox
@@ -409,6 +416,69 @@ async fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_bad() {
     );
 }
 
+/// SIGHUP reads the web config file again too: a header added to it is sent
+/// from the next request on, and one removed is no longer sent.
+#[tokio::test]
+async fn sighup_reloads_the_web_config_file_too() {
+    let sb = realistic().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).expect("write token");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[graph]\nbase_url = \"{}\"\naccess_token_file = \"{}\"\nmax_retries = 0\n[discovery]\nschedule = \"0 0 0 1 1 *\"\n[[wabas]]\nid = \"{WABA_1}\"\n",
+            sb.base_url,
+            token.display()
+        ),
+    )
+    .expect("write config");
+    let web = dir.path().join("web.yml");
+    let headers =
+        |name: &str, value: &str| format!("http_server_config:\n  headers:\n    {name}: {value}\n");
+    std::fs::write(&web, headers("X-Frame-Options", "deny")).expect("write web config");
+    let (mut child, base, _logs) = serve(&path, Some(&web)).await;
+    let client = http();
+    let healthy = || async {
+        client
+            .get(format!("{base}/-/healthy"))
+            .send()
+            .await
+            .expect("GET /-/healthy")
+            .headers()
+            .clone()
+    };
+    let before = healthy().await;
+    assert_eq!(before["x-frame-options"], "deny");
+    assert!(before.get("x-content-type-options").is_none());
+
+    std::fs::write(&web, headers("X-Content-Type-Options", "nosniff")).expect("write web config");
+    signal(&child.0, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let h = healthy().await;
+        if h.get("x-content-type-options").is_some() {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "the new header never came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after["x-content-type-options"], "nosniff");
+    assert!(after.get("x-frame-options").is_none(), "{after:?}");
+    assert_eq!(
+        value(
+            &get_metrics(&base).await,
+            "whatsapp_flows_exporter_config_last_reload_successful"
+        ),
+        Some(1.0)
+    );
+
+    signal(&child.0, "TERM");
+    let status = wait_exit(&mut child.0, Duration::from_secs(15));
+    assert!(status.success(), "serve exited with {status}");
+}
+
 #[tokio::test]
 async fn sigterm_during_a_poll_stuck_on_graph_exits_0_within_the_bound() {
     let sb = realistic().await;
@@ -439,7 +509,7 @@ async fn sigterm_during_a_poll_stuck_on_graph_exits_0_within_the_bound() {
         ),
     )
     .expect("write config");
-    let (mut child, base, _logs) = serve(&path).await;
+    let (mut child, base, _logs) = serve(&path, None).await;
     wait_for("a metric call in flight", Duration::from_secs(20), || {
         !sb.sandbox.metric_requests().is_empty()
     })

@@ -1,7 +1,8 @@
 //! Reloading in one process: `POST /-/reload` against `app::run` applies a good
 //! config (WABAs, static flows, granularities, schedules, Graph settings) and
 //! refuses a bad one whole; a rotated token file is read again after Graph
-//! rejects the token. SIGHUP and the binary are in `lifecycle`.
+//! rejects the token; the web config file is read again with the config file,
+//! both or neither. SIGHUP and the binary are in `lifecycle`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use flows_exporter::app::DEMO_STATIC_FLOW;
 use flows_exporter::config::{Config, Secret};
 use flows_exporter::exporter::{Exporter, Job};
 use flows_exporter::model::{Clock, Granularity};
+use flows_exporter::web::WebConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -86,14 +88,20 @@ struct App {
 
 impl App {
     async fn start(exporter: Arc<Exporter>) -> App {
+        App::start_web(exporter, WebConfig::default()).await
+    }
+
+    /// `app::run_web`: the server secured as `web` says, reloaded with the config.
+    async fn start_web(exporter: Arc<Exporter>, web: WebConfig) -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let stop = CancellationToken::new();
-        let run = tokio::spawn(flows_exporter::app::run(
+        let run = tokio::spawn(flows_exporter::app::run_web(
             exporter.clone(),
             listener,
+            Arc::new(web),
             stop.clone(),
         ));
         wait_for("the first poll", Duration::from_secs(20), || {
@@ -108,12 +116,33 @@ impl App {
     }
 
     async fn post_reload(&self) -> (u16, String) {
-        let r = http()
-            .post(format!("{}/-/reload", self.base))
+        self.post_reload_as(&http(), None).await
+    }
+
+    /// `POST /-/reload` with `client` and, if given, basic-auth credentials.
+    async fn post_reload_as(
+        &self,
+        client: &reqwest::Client,
+        creds: Option<(&str, &str)>,
+    ) -> (u16, String) {
+        let mut req = client.post(format!("{}/-/reload", self.base));
+        if let Some((user, password)) = creds {
+            req = req.basic_auth(user, Some(password));
+        }
+        let r = req.send().await.expect("POST /-/reload");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    /// The status of `GET /metrics` as `user` with `password`.
+    async fn metrics_as(&self, client: &reqwest::Client, user: &str, password: &str) -> u16 {
+        client
+            .get(format!("{}/metrics", self.base))
+            .basic_auth(user, Some(password))
             .send()
             .await
-            .expect("POST /-/reload");
-        (r.status().as_u16(), r.text().await.expect("body"))
+            .expect("GET /metrics")
+            .status()
+            .as_u16()
     }
 
     async fn stop(mut self) {
@@ -529,4 +558,143 @@ async fn a_rotated_token_file_is_read_again_after_graph_rejects_the_token() {
         assert!(!scrape(&ex).contains(t));
     }
     assert!(!format!("{ex:?}").contains(third));
+}
+
+/// A web config with one basic-auth user (bcrypt cost 4: fast to check).
+fn web_user(user: &str, password: &str) -> String {
+    let hash = bcrypt::hash_with_salt(password, 4, [9; 16]).expect("bcrypt");
+    format!("basic_auth_users:\n  {user}: '{hash}'\n")
+}
+
+/// A config file and a web config file beside it, the exporter started on
+/// them with `alice` as the one user, and one client (so requests reuse a
+/// kept-alive connection, as a scraper's do).
+async fn start_with_web(
+    sb: &RunningSandbox,
+) -> (Files, PathBuf, Arc<Exporter>, App, reqwest::Client) {
+    let files = Files::new(TOKEN);
+    let path = files.write_config(&config_file(
+        &sb.base_url,
+        &token_file(&files.token()),
+        &[WABA_1],
+        &granularities(NEVER, None, None),
+    ));
+    let web_path = files.dir.path().join("web.yml");
+    write(&web_path, &web_user("alice", "alice-pass"));
+    let ex = exporter_from(&path, TOKEN);
+    let web = WebConfig::load(&web_path).expect("valid web config");
+    let app = App::start_web(ex.clone(), web).await;
+    (files, web_path, ex, app, http())
+}
+
+/// A reload swaps the basic-auth users: the removed user is refused at once
+/// (on the same kept-alive connection, past its cached success), the new one
+/// let in; a changed hash refuses the old password, cached before.
+#[tokio::test]
+async fn a_reload_swaps_basic_auth_users_and_refuses_the_removed_one_at_once() {
+    let sb = realistic().await;
+    let (_files, web_path, ex, app, client) = start_with_web(&sb).await;
+    assert_eq!(app.metrics_as(&client, "alice", "alice-pass").await, 200);
+    assert_eq!(app.metrics_as(&client, "bob", "bob-pass").await, 401);
+
+    write(&web_path, &web_user("bob", "bob-pass"));
+    let answer = app
+        .post_reload_as(&client, Some(("alice", "alice-pass")))
+        .await;
+    assert_eq!(answer, (200, "reloaded\n".to_owned()));
+    assert_eq!(app.metrics_as(&client, "alice", "alice-pass").await, 401);
+    assert_eq!(app.metrics_as(&client, "bob", "bob-pass").await, 200);
+
+    write(&web_path, &web_user("bob", "new-bob-pass"));
+    let answer = app.post_reload_as(&client, Some(("bob", "bob-pass"))).await;
+    assert_eq!(answer.0, 200, "{answer:?}");
+    assert_eq!(app.metrics_as(&client, "bob", "bob-pass").await, 401);
+    assert_eq!(app.metrics_as(&client, "bob", "new-bob-pass").await, 200);
+
+    let text = scrape(&ex);
+    assert_eq!(
+        reload_value(&text, "config_last_reload_successful"),
+        Some(1.0)
+    );
+    assert_eq!(
+        reload_value(&text, "config_reloads_total{result=\"success\"}"),
+        Some(2.0)
+    );
+    app.stop().await;
+}
+
+/// A bad web config refuses the whole reload, naming the web file and key:
+/// the config file's changes in the same reload are not applied and the old
+/// users still get in. A bad config file refuses a good web config the same
+/// way. Once both are good, both apply.
+#[tokio::test]
+async fn a_bad_web_config_refuses_the_config_file_too_and_the_other_way_round() {
+    let sb = realistic().await;
+    let (files, web_path, ex, app, client) = start_with_web(&sb).await;
+    let alice = Some(("alice", "alice-pass"));
+    let both_wabas = |graph_extra: &str| {
+        config_file(
+            &sb.base_url,
+            &format!("{}\n{graph_extra}", token_file(&files.token())),
+            &[WABA_1, WABA_2],
+            &granularities(NEVER, None, None),
+        )
+    };
+
+    // The config file is good, the web config has an unknown key.
+    files.write_config(&both_wabas(""));
+    write(
+        &web_path,
+        &format!("{}basic_auth_userz: {{}}\n", web_user("bob", "bob-pass")),
+    );
+    let (status, body) = app.post_reload_as(&client, alice).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains(&web_path.display().to_string()) && body.contains("key `basic_auth_userz`"),
+        "names the web config file and the key: {body}"
+    );
+    assert_eq!(
+        ex.config().wabas,
+        [WABA_1],
+        "the config file was not applied"
+    );
+    assert_eq!(app.metrics_as(&client, "alice", "alice-pass").await, 200);
+    assert_eq!(app.metrics_as(&client, "bob", "bob-pass").await, 401);
+    let text = scrape(&ex);
+    assert_eq!(
+        reload_value(&text, "config_last_reload_successful"),
+        Some(0.0)
+    );
+    assert_eq!(
+        reload_value(&text, "config_reloads_total{result=\"failure\"}"),
+        Some(1.0)
+    );
+
+    // The web config is good, the config file is not.
+    write(&web_path, &web_user("bob", "bob-pass"));
+    files.write_config(&both_wabas("bogus = 1"));
+    let (status, body) = app.post_reload_as(&client, alice).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("config.toml") && body.contains("key `graph.bogus`"),
+        "{body}"
+    );
+    assert_eq!(app.metrics_as(&client, "alice", "alice-pass").await, 200);
+    assert_eq!(app.metrics_as(&client, "bob", "bob-pass").await, 401);
+    assert_eq!(
+        reload_value(&scrape(&ex), "config_reloads_total{result=\"failure\"}"),
+        Some(2.0)
+    );
+
+    // Both good: both apply.
+    files.write_config(&both_wabas(""));
+    assert_eq!(app.post_reload_as(&client, alice).await.0, 200);
+    assert_eq!(ex.config().wabas, [WABA_1, WABA_2]);
+    assert_eq!(app.metrics_as(&client, "alice", "alice-pass").await, 401);
+    assert_eq!(app.metrics_as(&client, "bob", "bob-pass").await, 200);
+    assert_eq!(
+        reload_value(&scrape(&ex), "config_last_reload_successful"),
+        Some(1.0)
+    );
+    app.stop().await;
 }

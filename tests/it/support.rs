@@ -185,7 +185,7 @@ pub async fn start_server_web(
     tokio::spawn(flows_exporter::server::serve_web(
         listener,
         exporter,
-        Arc::new(web),
+        Arc::new(flows_exporter::web::WebConfig::fixed(web)),
         stop.clone().cancelled_owned(),
     ));
     RunningServer { base, stop }

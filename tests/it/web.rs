@@ -1,7 +1,8 @@
 //! The secured HTTP surface (`--web.config.file`): TLS with a CA made at test
 //! time (rcgen), client certificates, basic auth, junk and oversized requests,
 //! bad web configs through the binary, a real Prometheus scraping over TLS with
-//! basic auth, and the access token absent from every answer and log line.
+//! basic auth, the access token absent from every answer and log line, and a
+//! reload turning TLS on for new connections.
 
 use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flows_exporter::web::Web;
+use flows_exporter::web::{Web, WebConfig};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -399,6 +400,92 @@ async fn the_certificate_is_reloaded_when_its_files_change() {
     assert!(
         https(dir, "ca.pem", None).get(&url).send().await.is_err(),
         "the old certificate is no longer served"
+    );
+}
+
+/// A reload that turns TLS on (and raises min_version) applies to new
+/// connections: plain HTTP is refused from then on, TLS 1.3 served, and a
+/// TLS 1.2-only client refused.
+#[tokio::test]
+async fn a_reload_turns_tls_on_for_new_connections() {
+    let sb = realistic().await;
+    let pki = Pki::new();
+    let config = pki.path("config.toml");
+    std::fs::write(pki.path("token"), TOKEN).expect("write token");
+    std::fs::write(
+        &config,
+        format!(
+            "[graph]\nbase_url = \"{}\"\naccess_token_file = \"{}\"\n[[wabas]]\nid = \"{WABA_1}\"\n",
+            sb.base_url,
+            pki.path("token").display()
+        ),
+    )
+    .expect("write config");
+    let config = flows_exporter::config::Config::load(&config).expect("valid config");
+    let ex = flows_exporter::exporter::Exporter::new(
+        config,
+        flows_exporter::config::Secret::new(TOKEN),
+        flows_exporter::model::Clock::fixed(now()),
+    )
+    .expect("exporter");
+    let web_file = pki.path("web.yml");
+    std::fs::write(&web_file, "").expect("write web config");
+    let web = Arc::new(WebConfig::load(&web_file).expect("valid web config"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let at = listener.local_addr().expect("addr").to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    tokio::spawn(flows_exporter::server::serve_web(
+        listener,
+        ex.clone(),
+        web.clone(),
+        stop.cancelled_owned(),
+    ));
+    let status = http()
+        .get(format!("http://{at}/-/healthy"))
+        .send()
+        .await
+        .expect("plain before the reload")
+        .status();
+    assert_eq!(status, 200);
+
+    std::fs::write(&web_file, format!("{TLS}  min_version: TLS13\n")).expect("write web config");
+    flows_exporter::server::reload(ex, web)
+        .await
+        .expect("the reload is applied");
+
+    let plain = raw(&at, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(plain.contains("HTTPS server"), "{plain:?}");
+    let status = https(pki.dir.path(), "ca.pem", None)
+        .get(format!("https://{at}/-/healthy"))
+        .send()
+        .await
+        .expect("TLS after the reload")
+        .status();
+    assert_eq!(status, 200);
+    let tls12 = {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject as _;
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_file(pki.path("ca.pem")).expect("CA"))
+            .expect("CA");
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    };
+    let old_client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls12)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+        .get(format!("https://{at}/-/healthy"))
+        .send()
+        .await;
+    assert!(
+        old_client.is_err(),
+        "TLS 1.2 after min_version TLS13: {old_client:?}"
     );
 }
 
