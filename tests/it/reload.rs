@@ -199,6 +199,22 @@ fn reload_value(text: &str, series: &str) -> Option<f64> {
     value(text, &format!("whatsapp_flows_exporter_{series}"))
 }
 
+/// Whether the last reload succeeded, and how many reloads ended in `result`.
+fn assert_reloads(text: &str, last_successful: bool, result: &str, count: f64) {
+    assert_eq!(
+        reload_value(text, "config_last_reload_successful"),
+        Some(if last_successful { 1.0 } else { 0.0 })
+    );
+    assert_eq!(
+        reload_value(
+            text,
+            &format!("config_reloads_total{{result=\"{result}\"}}")
+        ),
+        Some(count),
+        "{result} reloads"
+    );
+}
+
 fn polls(text: &str, poll: &str) -> f64 {
     value(
         text,
@@ -252,14 +268,7 @@ async fn post_reload_applies_wabas_static_flows_granularities_and_schedules() {
     // Disabled: gone with the reload itself, not at some later poll.
     let text = scrape(&ex);
     assert_eq!(series_with(&text, "granularity=\"day\""), 0, "{text}");
-    assert_eq!(
-        reload_value(&text, "config_last_reload_successful"),
-        Some(1.0)
-    );
-    assert_eq!(
-        reload_value(&text, "config_reloads_total{result=\"success\"}"),
-        Some(1.0)
-    );
+    assert_reloads(&text, true, "success", 1.0);
 
     // The discovery after the reload lists the new WABA and adds the static
     // flow; the newly enabled granularity is polled without waiting for its
@@ -398,14 +407,7 @@ async fn a_bad_config_is_refused_whole_with_its_key_and_the_old_one_kept() {
     write(&path, &good);
     assert_eq!(app.post_reload().await.0, 200);
     let text = scrape(&ex);
-    assert_eq!(
-        reload_value(&text, "config_last_reload_successful"),
-        Some(1.0)
-    );
-    assert_eq!(
-        reload_value(&text, "config_reloads_total{result=\"success\"}"),
-        Some(1.0)
-    );
+    assert_reloads(&text, true, "success", 1.0);
     app.stop().await;
 }
 
@@ -612,14 +614,7 @@ async fn a_reload_swaps_basic_auth_users_and_refuses_the_removed_one_at_once() {
     assert_eq!(app.metrics_as(&client, "bob", "new-bob-pass").await, 200);
 
     let text = scrape(&ex);
-    assert_eq!(
-        reload_value(&text, "config_last_reload_successful"),
-        Some(1.0)
-    );
-    assert_eq!(
-        reload_value(&text, "config_reloads_total{result=\"success\"}"),
-        Some(2.0)
-    );
+    assert_reloads(&text, true, "success", 2.0);
     app.stop().await;
 }
 
@@ -661,14 +656,7 @@ async fn a_bad_web_config_refuses_the_config_file_too_and_the_other_way_round() 
     assert_eq!(app.metrics_as(&client, "alice", "alice-pass").await, 200);
     assert_eq!(app.metrics_as(&client, "bob", "bob-pass").await, 401);
     let text = scrape(&ex);
-    assert_eq!(
-        reload_value(&text, "config_last_reload_successful"),
-        Some(0.0)
-    );
-    assert_eq!(
-        reload_value(&text, "config_reloads_total{result=\"failure\"}"),
-        Some(1.0)
-    );
+    assert_reloads(&text, false, "failure", 1.0);
 
     // The web config is good, the config file is not.
     write(&web_path, &web_user("bob", "bob-pass"));
