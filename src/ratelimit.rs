@@ -439,6 +439,13 @@ mod tests {
         }
     }
 
+    fn with_budget(calls_per_hour: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            waba_calls_per_hour: Some(calls_per_hour),
+            ..cfg()
+        }
+    }
+
     fn governor(cfg: RateLimitConfig) -> Governor {
         Governor::new(cfg, Duration::from_secs(60), &[A.to_owned(), B.to_owned()])
     }
@@ -595,32 +602,17 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_calls_of_the_last_hour() {
-        let mut g = governor(RateLimitConfig {
-            waba_calls_per_hour: Some(3),
-            ..cfg()
-        });
+        let mut g = governor(with_budget(3));
         let t0 = Instant::now();
         let min = Duration::from_secs(60);
         go(&mut g, A, t0);
         go(&mut g, A, t0 + min);
         // The same budget reloaded: still two calls used.
-        g.reconfigure(
-            RateLimitConfig {
-                waba_calls_per_hour: Some(3),
-                ..cfg()
-            },
-            &[A.to_owned(), B.to_owned()],
-        );
+        g.reconfigure(with_budget(3), &[A.to_owned(), B.to_owned()]);
         go(&mut g, A, t0 + 2 * min);
         assert_eq!(g.decide(A, t0 + 3 * min), Decision::Refuse(Refusal::Budget));
         // A larger budget counts the calls already made.
-        g.reconfigure(
-            RateLimitConfig {
-                waba_calls_per_hour: Some(4),
-                ..cfg()
-            },
-            &[A.to_owned()],
-        );
+        g.reconfigure(with_budget(4), &[A.to_owned()]);
         go(&mut g, A, t0 + 4 * min);
         assert_eq!(g.decide(A, t0 + 5 * min), Decision::Refuse(Refusal::Budget));
         assert_eq!(g.calls_last_hour(A, t0 + 5 * min), 4);
@@ -628,10 +620,7 @@ mod tests {
 
     #[test]
     fn budget_is_never_exceeded_in_any_rolling_hour() {
-        let mut g = governor(RateLimitConfig {
-            waba_calls_per_hour: Some(3),
-            ..cfg()
-        });
+        let mut g = governor(with_budget(3));
         let t0 = Instant::now();
         let min = Duration::from_secs(60);
         go(&mut g, A, t0);
@@ -727,10 +716,7 @@ mod tests {
 
     #[test]
     fn states_say_when_a_waba_is_refused() {
-        let mut g = governor(RateLimitConfig {
-            waba_calls_per_hour: Some(1),
-            ..cfg()
-        });
+        let mut g = governor(with_budget(1));
         let t0 = Instant::now();
         go(&mut g, A, t0);
         g.observe(None, &[(B.into(), 0.99)], t0);
