@@ -74,6 +74,12 @@ fn live(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {series}"))
 }
 
+/// `rate_limit_refusing` for (WABA_1, WABA_2).
+fn assert_refusing(text: &str, expected: (f64, f64)) {
+    let refusing = |waba: &str| live(text, &format!("rate_limit_refusing{{waba_id=\"{waba}\"}}"));
+    assert_eq!((refusing(WABA_1), refusing(WABA_2)), expected, "refusing");
+}
+
 fn refused_lines(logs: &[String]) -> Vec<&String> {
     logs.iter().filter(|l| l.contains(REFUSED_LINE)).collect()
 }
@@ -170,20 +176,7 @@ async fn usage_at_the_stop_threshold_refuses_calls_but_one_probe_per_cool_down()
         live(&text, "graph_calls_saved_total{reason=\"usage_high\"}"),
         14.0
     );
-    assert_eq!(
-        live(
-            &text,
-            &format!("rate_limit_refusing{{waba_id=\"{WABA_1}\"}}")
-        ),
-        1.0
-    );
-    assert_eq!(
-        live(
-            &text,
-            &format!("rate_limit_refusing{{waba_id=\"{WABA_2}\"}}")
-        ),
-        0.0
-    );
+    assert_refusing(&text, (1.0, 0.0));
     for flow in WABA_1_FLOWS {
         for metric in MetricKind::ALL {
             let first = flow == WABA_1_FLOWS[0] && metric == MetricKind::ALL[0];
@@ -304,20 +297,7 @@ async fn a_waba_call_budget_is_never_exceeded_and_other_wabas_poll_on() {
             budget as f64
         );
     }
-    assert_eq!(
-        live(
-            &text,
-            &format!("rate_limit_refusing{{waba_id=\"{WABA_1}\"}}")
-        ),
-        1.0
-    );
-    assert_eq!(
-        live(
-            &text,
-            &format!("rate_limit_refusing{{waba_id=\"{WABA_2}\"}}")
-        ),
-        0.0
-    );
+    assert_refusing(&text, (1.0, 0.0));
     let refused = (25 - left) as f64;
     assert_eq!(
         live(&text, "graph_calls_saved_total{reason=\"budget\"}"),
