@@ -306,6 +306,20 @@ async fn serve(
     (child, format!("http://{address}"), logs)
 }
 
+/// Scrapes `/metrics` until `done` holds for the text (at most 20 s) and
+/// returns that text.
+async fn metrics_until(base: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = get_metrics(base).await;
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "waited 20 s for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn get_metrics(base: &str) -> String {
     http()
         .get(format!("{base}/metrics"))
@@ -353,19 +367,13 @@ async fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_bad() {
     std::fs::write(&path, config("127.0.0.1:0", "bogus = 1", &[WABA_1, WABA_2]))
         .expect("write config");
     signal(&child.0, "HUP");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let text = get_metrics(&base).await;
-        if value(
-            &text,
+    let text = metrics_until(&base, "the SIGHUP reload to fail", |text| {
+        value(
+            text,
             "whatsapp_flows_exporter_config_reloads_total{result=\"failure\"}",
         ) == Some(1.0)
-        {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "the SIGHUP reload never failed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(
         value(
             &text,
@@ -387,15 +395,7 @@ async fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_bad() {
     // address, which needs a restart and says so.
     std::fs::write(&path, config("127.0.0.1:1", "", &[WABA_1, WABA_2])).expect("write config");
     signal(&child.0, "HUP");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let text = get_metrics(&base).await;
-        if has_waba_2(&text) {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "WABA 2 never appeared");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = metrics_until(&base, "WABA 2 to appear", has_waba_2).await;
     assert_eq!(
         value(
             &text,
