@@ -108,7 +108,7 @@ impl TokenSource {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was read from (`Config::load`), which a reload reads again;
     /// `None` for a config built in memory (`Config::parse`, the demo).

@@ -315,16 +315,24 @@ impl Exporter {
                 *self.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
             }
             NewClient::Token(token) => {
-                let current = self.client();
-                current.reconfigure(&config);
-                if current.set_token(token) {
+                if self.client().set_token(token) {
                     info!("the access token changed; using the new one");
                 }
             }
         }
+        // A rebuilt client shares the governor: one call covers both cases.
+        self.client().reconfigure(&config);
         // Jobs a reload enables start with their series at 0, as at start-up.
         self.telemetry.init(&job_labels(&config));
-        self.config.send_replace(Arc::new(config));
+        // Followers (the app reschedules and runs a discovery) hear of it only
+        // when something changed: a reload of the same file costs no Graph call.
+        self.config.send_if_modified(|current| {
+            let changed = **current != config;
+            if changed {
+                *current = Arc::new(config);
+            }
+            changed
+        });
         // Series of granularities no longer enabled go now, not at the next poll.
         self.render();
     }

@@ -238,19 +238,12 @@ impl GraphClient {
         GraphClient::with_governor(config, token, telemetry, Arc::new(Mutex::new(governor)))
     }
 
-    /// A client for a reloaded `config` that keeps this client's governor (with
-    /// the new `[rate_limit]` settings): a reload must not forget the calls of
-    /// the last hour, or it would reset the budget, nor a throttle pause.
+    /// A client for a reloaded `config` that shares this client's governor: a
+    /// reload must not forget the calls of the last hour, or it would reset the
+    /// budget, nor a throttle pause. The governor takes the new `[rate_limit]`
+    /// settings only when the reload is applied ([`GraphClient::reconfigure`]).
     pub fn rebuilt(&self, config: &Config, token: Secret) -> anyhow::Result<GraphClient> {
-        let client = GraphClient::with_governor(
-            config,
-            token,
-            self.telemetry.clone(),
-            self.governor.clone(),
-        )?;
-        // Only once the new client exists: a refused reload changes nothing.
-        self.reconfigure(config);
-        Ok(client)
+        GraphClient::with_governor(config, token, self.telemetry.clone(), self.governor.clone())
     }
 
     /// Applies a reloaded `[rate_limit]` section and WABA list to the governor,
@@ -606,16 +599,18 @@ impl GraphClient {
             .get("facebook-api-version")
             .and_then(|v| v.to_str().ok())
         {
+            // Bounded before anything else: it becomes a label value.
+            let v: String = v.chars().take(16).collect();
             let mut served = self
                 .served_version
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if served.as_deref() != Some(v) {
+            if served.as_deref() != Some(v.as_str()) {
                 if v != self.api_version {
                     info!(configured = %self.api_version, served = %v, "Graph served a different API version than configured");
                 }
-                self.telemetry.set_served_version(&self.api_version, v);
-                *served = Some(v.chars().take(16).collect());
+                self.telemetry.set_served_version(&self.api_version, &v);
+                *served = Some(v);
             }
         }
         regain

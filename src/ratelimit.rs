@@ -242,13 +242,25 @@ impl Governor {
         backoff: Duration,
         jitter: f64,
     ) -> Duration {
+        // Calls in flight together are throttled together: answers arriving
+        // while the pause the first one started still runs belong to the same
+        // episode and take its step of the backoff, so an episode doubles the
+        // backoff once, not once per call in flight.
+        let same_episode = self.paused_for(now).is_some();
+        let step = if same_episode {
+            self.throttle_streak.saturating_sub(1)
+        } else {
+            self.throttle_streak
+        };
         let pause = regain.unwrap_or_else(|| {
             backoff
-                .saturating_mul(1 << self.throttle_streak.min(10))
+                .saturating_mul(1 << step.min(10))
                 .mul_f64(jitter.clamp(0.5, 1.0))
                 .min(MAX_BACKOFF)
         });
-        self.throttle_streak = self.throttle_streak.saturating_add(1);
+        if !same_episode {
+            self.throttle_streak = self.throttle_streak.saturating_add(1);
+        }
         let until = now + pause;
         if self.paused_until.is_none_or(|u| u < until) {
             self.paused_until = Some(until);
@@ -292,14 +304,14 @@ impl Governor {
 
     /// The usage that applies to a call for `waba`: the higher of the app's and
     /// the WABA's.
-    pub fn usage_for(&self, waba: &str) -> f64 {
+    fn usage_for(&self, waba: &str) -> f64 {
         self.business
             .get(waba)
             .map_or(self.app.usage, |b| b.usage.max(self.app.usage))
     }
 
     /// The gap between two call starts for one WABA at this usage.
-    pub fn delay_for(&self, usage: f64) -> Duration {
+    fn delay_for(&self, usage: f64) -> Duration {
         let (slow, stop) = (self.cfg.slow_down_at, self.cfg.stop_at);
         if usage < slow {
             return Duration::ZERO;
@@ -589,6 +601,22 @@ mod tests {
     }
 
     #[test]
+    fn answers_throttled_together_double_the_backoff_once() {
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        let base = Duration::from_secs(2);
+        // Eight calls in flight, all throttled within a millisecond.
+        for i in 0..8 {
+            g.throttled(t0 + MS * i, None, base, 1.0);
+        }
+        // One episode: the pause is 2 s from the last of them, not 2^8 x 2 s.
+        assert_eq!(g.paused_for(t0), Some(base + 7 * MS));
+        // The retry after the pause is throttled again: the next step.
+        let after = t0 + base + 7 * MS;
+        assert_eq!(g.throttled(after, None, base, 1.0), 2 * base);
+    }
+
+    #[test]
     fn one_throttled_call_at_a_time_waits_to_retry() {
         let mut g = governor(cfg());
         assert!(g.claim_throttle_retry());
@@ -701,17 +729,21 @@ mod tests {
         assert_eq!(g.paused_for(t1 + Duration::from_secs(300)), None);
         // Without an estimate the backoff doubles with each throttled answer in a
         // row, jittered, and starts over after an answer that is not throttling.
+        // (Each answer comes once the pause before it ended: answers within a
+        // pause are one episode.)
         let t2 = t1 + Duration::from_secs(300);
         assert_eq!(g.throttled(t2, None, 10 * MS, 1.0), 40 * MS);
-        assert_eq!(g.throttled(t2, None, 10 * MS, 0.5), 40 * MS);
-        assert_eq!(g.throttled(t2, None, 10 * MS, 1.0), 160 * MS);
+        let t3 = t2 + 40 * MS;
+        assert_eq!(g.throttled(t3, None, 10 * MS, 0.5), 40 * MS);
+        let t4 = t3 + 40 * MS;
+        assert_eq!(g.throttled(t4, None, 10 * MS, 1.0), 160 * MS);
         g.answered();
         assert_eq!(
-            g.throttled(t2, None, 10 * MS, 0.75),
+            g.throttled(t4, None, 10 * MS, 0.75),
             Duration::from_micros(7500)
         );
         // A shorter pause never shortens a longer one.
-        assert_eq!(g.paused_for(t2), Some(160 * MS));
+        assert_eq!(g.paused_for(t4), Some(160 * MS));
     }
 
     #[test]

@@ -686,3 +686,39 @@ async fn a_bad_web_config_refuses_the_config_file_too_and_the_other_way_round() 
     );
     app.stop().await;
 }
+
+/// A reload that changes nothing succeeds but wakes no follower: no
+/// rescheduling and no discovery, so `POST /-/reload` in a loop costs no Graph
+/// call. A real change does wake it.
+#[tokio::test]
+async fn a_reload_that_changes_nothing_wakes_no_one() {
+    let sb = realistic().await;
+    let files = Files::new(TOKEN);
+    let text = config_file(
+        &sb.base_url,
+        &token_file(&files.token()),
+        &[WABA_1],
+        &granularities(NEVER, None, None),
+    );
+    let path = files.write_config(&text);
+    let ex = exporter_from(&path, TOKEN);
+    let mut followed = ex.subscribe();
+    followed.mark_unchanged();
+
+    ex.reload().expect("same file");
+    assert!(!followed.has_changed().expect("sender alive"));
+    let text = scrape(&ex);
+    assert_reloads(&text, true, "success", 1.0);
+
+    write(
+        &path,
+        &config_file(
+            &sb.base_url,
+            &token_file(&files.token()),
+            &[WABA_1, WABA_2],
+            &granularities(NEVER, None, None),
+        ),
+    );
+    ex.reload().expect("a second WABA");
+    assert!(followed.has_changed().expect("sender alive"));
+}
