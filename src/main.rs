@@ -255,18 +255,17 @@ fn backfill_options(args: BackfillArgs) -> anyhow::Result<backfill::Options> {
                         })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            if !(args.remote_write_backoff_seconds.is_finite()
-                && args.remote_write_backoff_seconds >= 0.0)
-            {
-                anyhow::bail!("--remote-write-backoff-seconds must be a number of seconds");
-            }
+            let retry_backoff = Duration::try_from_secs_f64(args.remote_write_backoff_seconds)
+                .ok()
+                .filter(|d| *d <= Duration::from_secs(3600))
+                .context("--remote-write-backoff-seconds must be 0 to 3600 seconds")?;
             Output::RemoteWrite(RemoteWriteConfig {
                 url,
                 auth,
                 headers,
                 batch_samples: args.remote_write_batch_samples.max(1),
                 max_retries: args.remote_write_retries,
-                retry_backoff: Duration::from_secs_f64(args.remote_write_backoff_seconds),
+                retry_backoff,
                 timeout: Duration::from_secs(60),
             })
         }

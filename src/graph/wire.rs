@@ -55,16 +55,18 @@ pub fn parse_metric_answer(
     if let Some(name) = &m.name {
         if !name.eq_ignore_ascii_case(metric.api_name()) {
             return Err(GraphError::malformed(format!(
-                "asked for {} but the answer is for {name}",
-                metric.api_name()
+                "asked for {} but the answer is for {}",
+                metric.api_name(),
+                truncate(name, 100)
             )));
         }
     }
     if let Some(g) = &m.granularity {
         if !g.eq_ignore_ascii_case(granularity.api_name()) {
             return Err(GraphError::malformed(format!(
-                "asked for granularity {} but the answer is {g}",
-                granularity.api_name()
+                "asked for granularity {} but the answer is {}",
+                granularity.api_name(),
+                truncate(g, 100)
             )));
         }
     }
@@ -73,7 +75,7 @@ pub fn parse_metric_answer(
         let start = parse_timestamp(&p.timestamp).ok_or_else(|| {
             GraphError::malformed(format!(
                 "data point timestamp `{}` is not ISO 8601",
-                p.timestamp
+                truncate(&p.timestamp, 100)
             ))
         })?;
         let mut values = Vec::with_capacity(p.data.len());
@@ -81,7 +83,8 @@ pub fn parse_metric_answer(
             let v = parse_value(&kv.value).ok_or_else(|| {
                 GraphError::malformed(format!(
                     "value for key `{}` is not a non-negative number: {}",
-                    kv.key, kv.value
+                    truncate(&kv.key, 100),
+                    truncate(&kv.value.to_string(), 100)
                 ))
             })?;
             values.push((kv.key, v));
@@ -408,6 +411,25 @@ mod tests {
             "data_points":[{"timestamp":"2024-01-28T08:00:00+0000","data":[{"key":"value","value":"0.12625250501002"}]}]}}"#;
         let points = check_points(body, MetricKind::RequestErrorRate, Granularity::Day);
         assert_eq!(points[0].values[0].1, 0.12625250501002);
+    }
+
+    #[test]
+    fn error_messages_quote_hostile_text_bounded() {
+        let long = "x".repeat(100_000);
+        let bodies = [
+            format!(r#"{{"metric":{{"name":"{long}","data_points":[]}}}}"#),
+            format!(r#"{{"metric":{{"data_points":[{{"timestamp":"{long}","data":[]}}]}}}}"#),
+            format!(
+                r#"{{"metric":{{"data_points":[{{"timestamp":"2024-01-28T08:00:00+0000","data":[{{"key":"{long}","value":"{long}"}}]}}]}}}}"#
+            ),
+        ];
+        for body in bodies {
+            let e =
+                parse_metric_answer(body.as_bytes(), MetricKind::RequestCount, Granularity::Hour)
+                    .expect_err("malformed");
+            assert_eq!(e.class, ErrorClass::Malformed);
+            assert!(e.message.len() < 400, "{} bytes", e.message.len());
+        }
     }
 
     #[test]
