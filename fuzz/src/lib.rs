@@ -10,18 +10,6 @@ use flows_exporter::flowdata::{self, LatencyHistogram, PointSamples};
 use flows_exporter::graph::wire;
 use flows_exporter::model::{Granularity, MetricKind};
 
-/// Every metric, so one input is checked as the answer to each query.
-const METRICS: [MetricKind; 5] = [
-    MetricKind::RequestCount,
-    MetricKind::RequestError,
-    MetricKind::RequestErrorRate,
-    MetricKind::LatencySecondsCeil,
-    MetricKind::Availability,
-];
-
-const GRANULARITIES: [Granularity; 3] =
-    [Granularity::Hour, Granularity::Day, Granularity::Lifetime];
-
 /// A Graph string the parsers cut (`truncate`) may be this long in bytes: the
 /// limit plus the three bytes of `…`.
 fn within(s: &str, limit: usize) -> bool {
@@ -52,8 +40,9 @@ pub fn check_histogram(h: &LatencyHistogram) {
 /// it parses, points are in time order, every value is finite and >= 0, and the
 /// samples it flattens to keep those properties (histograms stay cumulative).
 pub fn metric_answer(data: &[u8]) {
-    for metric in METRICS {
-        for g in GRANULARITIES {
+    // Every metric and granularity, so one input is checked as the answer to each query.
+    for metric in MetricKind::ALL {
+        for g in Granularity::ALL {
             let Ok(points) = wire::parse_metric_answer(data, metric, g) else {
                 continue;
             };

@@ -104,7 +104,9 @@ impl Window {
         let oldest = today - Days::new(days_back);
         Window {
             since: since.map_or(oldest, |d| d.max(oldest)),
-            until: until.unwrap_or(today),
+            // Nothing after today exists; clamping also keeps a hostile
+            // far-future `until` from overflowing the date arithmetic.
+            until: until.map_or(today, |d| d.min(today)),
         }
     }
 
