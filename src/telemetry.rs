@@ -405,11 +405,6 @@ impl Telemetry {
         self.pause.set(pause.as_secs_f64());
     }
 
-    /// Reads a counter of calls not made, for tests.
-    pub fn calls_saved(&self, reason: &str) -> u64 {
-        self.calls_saved.with_label_values(&[reason]).get()
-    }
-
     pub fn retry(&self, endpoint: &str) {
         self.graph_retries.with_label_values(&[endpoint]).inc();
     }
@@ -496,10 +491,6 @@ impl Telemetry {
         self.graph_requests
             .with_label_values(&[endpoint, outcome])
             .get()
-    }
-
-    pub fn skipped(&self, job: &str) -> u64 {
-        self.skipped_ticks.with_label_values(&[job]).get()
     }
 }
 
