@@ -392,6 +392,12 @@ impl Exporter {
                 state.cells.get(&granularity).cloned().unwrap_or_default(),
             )
         };
+        if flows.is_empty() {
+            warn!(
+                granularity = granularity.label(),
+                "no flows to poll: discovery has listed none (see whatsapp_flows_exporter_discovery_failing) and no [[flows]] are configured"
+            );
+        }
         let since = poll::query_since(&gcfg, now);
         let halt: Mutex<Option<GraphError>> = Mutex::new(None);
         // Network failures in a row: Graph is unreachable or hangs for everyone.
