@@ -67,7 +67,15 @@ enabled = false
         .expect("bind");
     let stop = CancellationToken::new();
     let run = tokio::spawn(flows_exporter::app::run(ex.clone(), listener, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // The start-up poll plus at least one cron tick (a 1 s schedule).
+    wait_for("a cron tick to poll", Duration::from_secs(20), || {
+        value(
+            &scrape(&ex),
+            "whatsapp_flows_exporter_polls_total{poll=\"hour\",result=\"success\"}",
+        )
+        .is_some_and(|n| n >= 2.0)
+    })
+    .await;
     stop.cancel();
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(15), run)
@@ -82,7 +90,7 @@ enabled = false
         "whatsapp_flows_exporter_polls_total{poll=\"hour\",result=\"success\"}",
     )
     .expect("hour polls counted");
-    // Start-up poll plus at least one cron tick in 3.5 s of a 1 s schedule.
+    // Start-up poll plus at least one cron tick.
     assert!(polls >= 2.0, "only {polls} hour polls");
     assert!(ex.is_ready());
 }
@@ -223,25 +231,30 @@ async fn serve_reads_the_token_from_env_and_never_logs_it() {
             .expect("start serve"),
     );
     let stderr = child.0.stderr.take().expect("stderr");
-    let logs = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    // Wait for the token error in the sandbox's call log, then stop.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sb.sandbox.request_count() == 0 {
-        assert!(Instant::now() < deadline, "serve never called Graph");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shared = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut all = shared.lock().expect("logs");
+                all.push_str(&line);
+                all.push('\n');
+            }
+        })
+    };
+    // Wait until the token error is logged, then stop.
+    wait_for(
+        "the token error to be logged",
+        Duration::from_secs(20),
+        || shared.lock().expect("logs").contains("class=\"token\""),
+    )
+    .await;
+    assert!(sb.sandbox.request_count() > 0, "serve called Graph");
     sigterm(&child.0);
     let status = wait_exit(&mut child.0, Duration::from_secs(15));
     assert!(status.success(), "serve exited with {status}");
-    let logs = logs.join().expect("log reader");
+    reader.join().expect("log reader");
+    let logs = shared.lock().expect("logs").clone();
     assert!(logs.contains("token"), "the token error is logged: {logs}");
     assert!(logs.contains("SIGTERM"), "{logs}");
     assert!(
