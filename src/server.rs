@@ -330,8 +330,8 @@ fn route(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
 /// the exporter: the exporter only learns that something else is checked
 /// with its config.
 pub async fn reload(exporter: Arc<Exporter>, web: Arc<WebConfig>) -> Result<(), ReloadError> {
-    // Off the runtime: reading a web config hashes a dummy password at the
-    // highest bcrypt cost in it, which can take a good part of a second.
+    // Off the runtime: a reload reads and parses files (the config, the token,
+    // the web config and its certificates) with blocking I/O.
     let reloaded = tokio::task::spawn_blocking(move || {
         exporter.reload_with(|| match web.check() {
             Ok(new) => Ok(move || {

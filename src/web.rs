@@ -181,8 +181,9 @@ impl WebConfig {
 
 struct BasicAuth {
     users: BTreeMap<String, String>,
-    /// A hash of the highest cost in use, checked for unknown users so that
-    /// their answer takes as long as a wrong password's.
+    /// The user hash of the highest cost, checked for unknown users so that
+    /// their answer takes as long as a wrong password's (and never lets them
+    /// in: the user is unknown whatever the check says).
     dummy: String,
     /// SHA-256 of (salt, user, hash, password) of checks that passed.
     cache: Mutex<HashSet<[u8; 32]>>,
@@ -194,13 +195,10 @@ struct BasicAuth {
 }
 
 impl BasicAuth {
-    fn new(users: BTreeMap<String, String>, max_cost: u32) -> Result<BasicAuth, ConfigError> {
+    fn new(users: BTreeMap<String, String>, dummy: String) -> Result<BasicAuth, ConfigError> {
         let mut salt = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
             .map_err(|_| err("basic_auth_users", "no randomness for the cache salt"))?;
-        let dummy = bcrypt::hash_with_salt("not a password", max_cost, [7u8; 16])
-            .map_err(|e| err("basic_auth_users", e.to_string()))?
-            .to_string();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(BasicAuth {
             users,
@@ -529,8 +527,8 @@ impl RawWeb {
         };
         let auth = match self.basic_auth_users {
             Some(users) if !users.is_empty() => {
-                // The dummy hash costs what the dearest real one does.
-                let mut max_cost = 4;
+                // Unknown users are checked against the dearest real hash.
+                let mut dearest: Option<(u32, &String)> = None;
                 for (user, hash) in &users {
                     let key = format!("basic_auth_users.{user}");
                     if user.contains(':') {
@@ -542,9 +540,12 @@ impl RawWeb {
                             format!("not a bcrypt hash ({e}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"),
                         )
                     })?;
-                    max_cost = max_cost.max(parts.get_cost());
+                    if dearest.is_none_or(|(cost, _)| parts.get_cost() > cost) {
+                        dearest = Some((parts.get_cost(), hash));
+                    }
                 }
-                Some(BasicAuth::new(users, max_cost)?)
+                let dummy = dearest.map(|(_, h)| h.clone()).unwrap_or_default();
+                Some(BasicAuth::new(users, dummy)?)
             }
             _ => None,
         };
