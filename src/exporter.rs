@@ -464,11 +464,7 @@ impl Exporter {
             match answer {
                 Err(_) if !attempted => saved += 1,
                 Err(e) if matches!(e.class, ErrorClass::Budget | ErrorClass::UsageHigh) => {
-                    let waba = if flow.waba_id.is_empty() {
-                        crate::ratelimit::UNKNOWN_WABA
-                    } else {
-                        flow.waba_id.as_str()
-                    };
+                    let waba = crate::ratelimit::waba_key(&flow.waba_id);
                     *refused.entry((e.class.label(), waba)).or_default() += 1;
                 }
                 Err(e) if e.class == ErrorClass::InsufficientData => {

@@ -21,7 +21,7 @@ use tracing::{debug, info};
 
 use crate::config::{Config, Secret};
 use crate::model::{DataPoint, Flow, Granularity, MetricKind};
-use crate::ratelimit::{Decision, Governor, Refusal, UNKNOWN_WABA, WaitReason};
+use crate::ratelimit::{Decision, Governor, Refusal, WaitReason, waba_key};
 use crate::telemetry::Telemetry;
 
 /// The largest answer body read; anything bigger is refused as malformed.
@@ -371,12 +371,7 @@ impl GraphClient {
         }
         let mut url = self.url(flow_id)?;
         url.query_pairs_mut().append_pair("fields", &fields);
-        let waba = if waba_id.is_empty() {
-            UNKNOWN_WABA
-        } else {
-            waba_id
-        };
-        self.call(Endpoint::Metric, waba, url, |body| {
+        self.call(Endpoint::Metric, waba_key(waba_id), url, |body| {
             wire::parse_metric_answer(body, metric, granularity)
         })
         .await

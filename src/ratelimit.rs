@@ -30,6 +30,15 @@ use crate::config::RateLimitConfig;
 /// The key calls of a flow whose WABA is not known (a static flow discovery has
 /// not seen) count under.
 pub const UNKNOWN_WABA: &str = "unknown";
+
+/// The key a call for a flow of `waba_id` counts under (empty: not known).
+pub fn waba_key(waba_id: &str) -> &str {
+    if waba_id.is_empty() {
+        UNKNOWN_WABA
+    } else {
+        waba_id
+    }
+}
 /// The longest throttle backoff when Graph gives no estimate.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
