@@ -504,15 +504,15 @@ async fn consume(
     Ok(())
 }
 
-/// Fetches every chunk of one flow, metric and granularity, oldest first.
-/// Per-window failures become skips; a failure that would repeat for every
-/// later call (token, API gone, throttling that does not end) is returned.
 /// A flow to fetch, with the WABA its calls count against.
 struct FlowRef {
     flow_id: String,
     waba_id: String,
 }
 
+/// Fetches every chunk of one flow, metric and granularity, oldest first.
+/// Per-window failures become skips; a failure that would repeat for every
+/// later call (token, API gone, throttling that does not end) is returned.
 async fn fetch_history(
     client: &GraphClient,
     progress: &Progress,
