@@ -3,7 +3,7 @@
 //! on Graph), reloading on SIGHUP, and logs without secrets.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,37 +95,6 @@ enabled = false
     assert!(ex.is_ready());
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 async fn wait_ready(base: &str) {
     let client = http();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -197,7 +166,7 @@ async fn demo_serves_realistic_metrics_and_stops_on_sigterm() {
     let (ok, printed) = promtool_check(&text);
     assert!(ok && printed.is_empty(), "promtool: {printed}");
 
-    sigterm(&child.0);
+    signal(&child.0, "TERM");
     let status = wait_exit(&mut child.0, Duration::from_secs(15));
     assert!(status.success(), "demo exited with {status}");
     reader.join().expect("stdout reader");
@@ -250,7 +219,7 @@ async fn serve_reads_the_token_from_env_and_never_logs_it() {
     )
     .await;
     assert!(sb.sandbox.request_count() > 0, "serve called Graph");
-    sigterm(&child.0);
+    signal(&child.0, "TERM");
     let status = wait_exit(&mut child.0, Duration::from_secs(15));
     assert!(status.success(), "serve exited with {status}");
     reader.join().expect("log reader");
@@ -261,14 +230,6 @@ async fn serve_reads_the_token_from_env_and_never_logs_it() {
         !logs.contains(wrong),
         "the token leaked into the logs:\n{logs}"
     );
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
 }
 
 /// `flows-exporter serve --config path [--web.config.file web]` with its

@@ -251,3 +251,41 @@ pub async fn wait_for(what: &str, within: std::time::Duration, mut done: impl Fn
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A child process, killed (and reaped) when dropped, so a failing test leaves
+/// no exporter running.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends the signal `name` (`TERM`, `HUP`, ...) to `child` with kill(1).
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Waits (bounded) for `child` to exit and returns its status.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process did not exit within {within:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

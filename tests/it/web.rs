@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -592,15 +592,6 @@ fn bad_web_configs_name_the_key_and_the_binary_exits_non_zero() {
     );
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `serve` with TLS and basic auth, the token in the environment: every
 /// answer (good and bad requests) and every line it prints is free of the token.
 #[tokio::test]
@@ -713,18 +704,8 @@ async fn the_token_appears_in_no_answer_and_no_log() {
             .unwrap_or_else(|e| format!("{e:?}")),
     );
 
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.0.try_wait().expect("try_wait").is_none() {
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    signal(&child.0, "TERM");
+    wait_exit(&mut child.0, Duration::from_secs(15));
     let logs = logs.join().expect("stderr reader");
     let out = out.join().expect("stdout reader");
     assert!(logs.contains("SIGTERM"), "{logs}");
