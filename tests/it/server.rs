@@ -134,21 +134,8 @@ async fn landing_page_lists_flows_with_names_escaped() {
 
 /// Sends raw bytes and returns the status line of the answer (or what came back).
 async fn raw_exchange(base: &str, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("send");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        stream.read_to_end(&mut answer),
-    )
-    .await;
-    String::from_utf8_lossy(&answer)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_owned()
+    let answer = raw(base.trim_start_matches("http://"), request).await;
+    answer.lines().next().unwrap_or("").to_owned()
 }
 
 #[tokio::test]

@@ -289,3 +289,18 @@ pub fn wait_exit(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Sends raw bytes on a fresh connection to `addr` (`host:port`) and returns
+/// all that comes back (bounded by 5 s).
+pub async fn raw(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}

@@ -138,16 +138,6 @@ fn flow_part(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Sends raw bytes on a fresh connection and returns all that comes back
-/// (bounded by 5 s).
-async fn raw(addr: &str, request: &[u8]) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("send");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
 fn addr(base: &str) -> &str {
     base.split("://").nth(1).expect("scheme://addr")
 }
