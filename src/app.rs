@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
-use crate::config::{Config, GraphConfig, Secret, StaticFlow, TokenSource};
+use crate::config::{Config, Secret};
 use crate::exporter::{Exporter, Job};
 use crate::model::Clock;
 use crate::sandbox::{Sandbox, SandboxFlow, Traffic};
@@ -338,20 +338,14 @@ pub const DEMO_TOKEN: &str = "sandbox-demo-token";
 /// The configuration `demo` runs with: the sandbox's two WABAs, one static flow,
 /// and the default schedules.
 pub fn demo_config(listen: std::net::SocketAddr, base_url: String) -> Config {
-    let mut config = Config::parse("[[wabas]]\nid = \"102290129340398\"\n")
-        .expect("the built-in demo config is valid");
-    config.listen = listen;
-    config.graph = GraphConfig {
-        base_url,
-        token: TokenSource::Env("FLOWS_EXPORTER_DEMO_TOKEN".into()),
-        ..config.graph
-    };
-    config.wabas = vec!["102290129340398".into(), "104996122399160".into()];
-    config.flows = vec![StaticFlow {
-        id: DEMO_STATIC_FLOW.into(),
-        name: Some("Partner referral".into()),
-    }];
-    config
+    // The token is handed to the exporter directly (DEMO_TOKEN); the default
+    // token source in here is never read.
+    Config::parse(&format!(
+        "[server]\nlisten = \"{listen}\"\n[graph]\nbase_url = \"{base_url}\"\n\
+         [[wabas]]\nid = \"102290129340398\"\n[[wabas]]\nid = \"104996122399160\"\n\
+         [[flows]]\nid = \"{DEMO_STATIC_FLOW}\"\nname = \"Partner referral\"\n"
+    ))
+    .expect("the built-in demo config is valid")
 }
 
 /// `flows-exporter demo`: the sandbox Graph API and an exporter against it.
