@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::support::outcome;
+
 pub fn rules_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dashboards/prometheus/alerts.yml")
 }
@@ -106,17 +108,11 @@ fn alert_cases(tests: &str) -> BTreeMap<String, (usize, usize)> {
 }
 
 fn promtool(args: &[&str]) -> (bool, String) {
-    let out = Command::new("promtool")
-        .args(args)
-        .output()
-        .expect("promtool must be installed (the test command installs Debian's prometheus)");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    outcome(
+        &Command::new("promtool")
+            .args(args)
+            .output()
+            .expect("promtool must be installed (the test command installs Debian's prometheus)"),
     )
 }
 

@@ -139,7 +139,12 @@ pub fn promtool_check(text: &str) -> (bool, String) {
         .expect("stdin")
         .write_all(text.as_bytes())
         .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool runs");
+    outcome(&child.wait_with_output().expect("promtool runs"))
+}
+
+/// Whether a finished command succeeded, and what it printed (stdout, then
+/// stderr).
+pub fn outcome(out: &std::process::Output) -> (bool, String) {
     let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -500,14 +500,7 @@ fn binary_with_web(dir: &Path, subcommand: &str, web_yaml: &str) -> (bool, Strin
         .stdin(Stdio::null())
         .output()
         .expect("run flows-exporter");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    outcome(&out)
 }
 
 #[test]
