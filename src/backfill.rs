@@ -43,8 +43,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Secret};
+use crate::error::{Endpoint, ErrorClass, GraphError, Outcome};
 use crate::flowdata;
-use crate::graph::{ErrorClass, GraphClient, GraphError};
+use crate::graph::GraphClient;
 use crate::model::{Clock, Granularity, MetricKind};
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
@@ -441,11 +442,11 @@ pub async fn run(
         }
     }
     progress.finish();
-    for outcome in std::iter::once("success").chain(ErrorClass::ALL.iter().map(|c| c.label())) {
-        let n = telemetry.graph_requests("metric", outcome)
-            + telemetry.graph_requests("flows", outcome);
+    for outcome in Outcome::all() {
+        let n = telemetry.graph_requests(Endpoint::Metric, outcome)
+            + telemetry.graph_requests(Endpoint::Flows, outcome);
         if n > 0 {
-            summary.graph_calls.insert(outcome.to_owned(), n);
+            summary.graph_calls.insert(outcome.label().to_owned(), n);
         }
     }
     summary.elapsed = started.elapsed();

@@ -18,13 +18,14 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ConfigError, Secret, TokenSource};
+use crate::error::{ErrorClass, GraphError};
 use crate::exposition::{self, Rendered};
 use crate::flowdata;
-use crate::graph::{ErrorClass, GraphClient, GraphError};
+use crate::graph::GraphClient;
 use crate::model::{Clock, DataPoint, Flow, Granularity, MetricKind};
 use crate::poll;
 use crate::snapshot::{CellStatus, Cells, Snapshot};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{PollResult, Telemetry};
 
 /// Network failures in a row (refused, reset, timed out, cut off) after which a
 /// poll stops calling Graph: one flaky call fails one cell, but when Graph is
@@ -203,11 +204,11 @@ impl Exporter {
     /// data stale until the next tick.
     async fn run_with_token_reread(&self, job: Job) {
         // Rejected before: the file may have been rotated since.
-        if !self.telemetry.token_valid() {
+        if self.client().token_rejected() {
             self.reread_token_file();
         }
         self.run_once(job).await;
-        if !self.telemetry.token_valid() && self.reread_token_file() {
+        if self.client().token_rejected() && self.reread_token_file() {
             info!(job = job.label(), "running again with the new token");
             self.run_once(job).await;
         }
@@ -366,7 +367,7 @@ impl Exporter {
             info!(flows = state.flows.len(), polled, "discovery finished");
         }
         self.render();
-        let result = poll_result(failed, config.wabas.len());
+        let result = PollResult::of(failed, config.wabas.len());
         self.telemetry.poll_finished(
             Job::Discovery.label(),
             result,
@@ -510,13 +511,13 @@ impl Exporter {
             state.apply_poll(granularity, cells, now);
         }
         self.render();
-        let result = poll_result(failed, total);
+        let result = PollResult::of(failed, total);
         info!(
             granularity = granularity.label(),
             calls = total,
             failed,
             took_ms = started.elapsed().as_millis() as u64,
-            result,
+            result = result.label(),
             "poll finished"
         );
         self.telemetry.poll_finished(
@@ -618,14 +619,6 @@ fn job_labels(config: &Config) -> Vec<&'static str> {
     std::iter::once(Job::Discovery.label())
         .chain(config.granularities.iter().map(|g| g.granularity.label()))
         .collect()
-}
-
-fn poll_result(failed: usize, total: usize) -> &'static str {
-    match failed {
-        0 => "success",
-        n if n == total => "failed",
-        _ => "partial",
-    }
 }
 
 /// Picks the period to show from an answer and checks that it can be shown.

@@ -20,6 +20,7 @@ use reqwest::Url;
 use tracing::{debug, info};
 
 use crate::config::{Config, Secret};
+use crate::error::{ApiHealth, Endpoint, ErrorClass, GraphError, Outcome, Validity};
 use crate::model::{DataPoint, Flow, Granularity, MetricKind};
 use crate::ratelimit::{Decision, Governor, Refusal, WaitReason, waba_key};
 use crate::telemetry::Telemetry;
@@ -32,163 +33,6 @@ pub const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(60);
 /// A listing longer than this many pages is treated as a paging loop.
 const MAX_PAGES: usize = 1000;
 const FLOW_FIELDS: &str = "id,name,status,categories,data_api_version,endpoint_uri,health_status";
-
-/// What kind of failure a Graph call ended in; decides what the exporter does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ErrorClass {
-    /// 139006: fewer than 250 requests; a state of the flow, not a failure.
-    InsufficientData,
-    /// 190: the access token is invalid or expired.
-    Token,
-    /// 10, 200-299: a permission is missing.
-    Permission,
-    /// 4, 17, 32, 613, 80007, 80008.
-    Throttled,
-    /// 100 on the `metric` field: the Metrics API is not served in this version.
-    ApiGone,
-    /// 100 otherwise, e.g. the flow does not exist.
-    InvalidRequest,
-    /// 1, 2, `is_transient`, or a 5xx.
-    Transient,
-    /// Connection refused, reset, timed out.
-    Network,
-    /// An answer that is not what Graph documents.
-    Malformed,
-    /// A Graph error code this exporter does not know.
-    Unknown,
-    /// Not sent: the usage Graph reported is at or above `rate_limit.stop_at`.
-    UsageHigh,
-    /// Not sent: the WABA's `rate_limit.waba_calls_per_hour` is used up.
-    Budget,
-}
-
-impl ErrorClass {
-    pub const ALL: [ErrorClass; 12] = [
-        ErrorClass::InsufficientData,
-        ErrorClass::Token,
-        ErrorClass::Permission,
-        ErrorClass::Throttled,
-        ErrorClass::ApiGone,
-        ErrorClass::InvalidRequest,
-        ErrorClass::Transient,
-        ErrorClass::Network,
-        ErrorClass::Malformed,
-        ErrorClass::Unknown,
-        ErrorClass::UsageHigh,
-        ErrorClass::Budget,
-    ];
-
-    /// Label value used in metrics and logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            ErrorClass::InsufficientData => "insufficient_data",
-            ErrorClass::Token => "token",
-            ErrorClass::Permission => "permission",
-            ErrorClass::Throttled => "throttled",
-            ErrorClass::ApiGone => "api_gone",
-            ErrorClass::InvalidRequest => "invalid_request",
-            ErrorClass::Transient => "transient",
-            ErrorClass::Network => "network",
-            ErrorClass::Malformed => "malformed",
-            ErrorClass::Unknown => "unknown",
-            ErrorClass::UsageHigh => "usage_high",
-            ErrorClass::Budget => "budget",
-        }
-    }
-
-    fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorClass::Transient | ErrorClass::Network | ErrorClass::Throttled
-        )
-    }
-
-    /// Whether every further call in this poll would fail the same way, so the
-    /// poll should stop calling Graph. Not `UsageHigh` or `Budget`: they hold for
-    /// one WABA, and the governor refuses the WABA's later calls by itself.
-    pub fn halts_poll(self) -> bool {
-        matches!(
-            self,
-            ErrorClass::Token | ErrorClass::ApiGone | ErrorClass::Throttled
-        )
-    }
-}
-
-impl fmt::Display for ErrorClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-/// A failed Graph call, classified. Never carries the access token.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GraphError {
-    pub class: ErrorClass,
-    pub code: Option<i64>,
-    pub subcode: Option<i64>,
-    pub message: String,
-    pub fbtrace_id: Option<String>,
-    pub http_status: Option<u16>,
-    /// For throttling: how long Graph says to wait.
-    pub regain_after: Option<Duration>,
-}
-
-impl GraphError {
-    pub fn malformed(message: impl Into<String>) -> GraphError {
-        GraphError::new(ErrorClass::Malformed, message)
-    }
-
-    pub fn new(class: ErrorClass, message: impl Into<String>) -> GraphError {
-        GraphError {
-            class,
-            code: None,
-            subcode: None,
-            message: message.into(),
-            fbtrace_id: None,
-            http_status: None,
-            regain_after: None,
-        }
-    }
-}
-
-impl fmt::Display for GraphError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.class)?;
-        if let Some(code) = self.code {
-            write!(f, " (code {code}")?;
-            if let Some(sub) = self.subcode {
-                write!(f, ", subcode {sub}")?;
-            }
-            write!(f, ")")?;
-        }
-        if let Some(status) = self.http_status {
-            write!(f, " HTTP {status}")?;
-        }
-        write!(f, ": {}", self.message)?;
-        if let Some(t) = &self.fbtrace_id {
-            write!(f, " [fbtrace_id {t}]")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for GraphError {}
-
-/// The Graph endpoints the exporter calls, as the `endpoint` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Flows,
-    Metric,
-}
-
-impl Endpoint {
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Flows => "flows",
-            Endpoint::Metric => "metric",
-        }
-    }
-}
 
 /// A Graph API client bound to one base URL, version and token.
 pub struct GraphClient {
@@ -204,6 +48,9 @@ pub struct GraphClient {
     /// the calls of the last hour (the budget) survive it.
     governor: Arc<Mutex<Governor>>,
     served_version: Mutex<Option<String>>,
+    /// What Graph's answers said of the token and the Metrics API; this
+    /// client owns it and publishes it (`token_valid`, `metrics_api_available`).
+    health: Mutex<ApiHealth>,
 }
 
 impl fmt::Debug for GraphClient {
@@ -243,7 +90,10 @@ impl GraphClient {
     /// budget, nor a throttle pause. The governor takes the new `[rate_limit]`
     /// settings only when the reload is applied ([`GraphClient::reconfigure`]).
     pub fn rebuilt(&self, config: &Config, token: Secret) -> anyhow::Result<GraphClient> {
-        GraphClient::with_governor(config, token, self.telemetry.clone(), self.governor.clone())
+        let client =
+            GraphClient::with_governor(config, token, self.telemetry.clone(), self.governor.clone())?;
+        *client.health.lock().unwrap_or_else(|e| e.into_inner()) = self.health();
+        Ok(client)
     }
 
     /// Applies a reloaded `[rate_limit]` section and WABA list to the governor,
@@ -279,6 +129,7 @@ impl GraphClient {
             telemetry,
             governor,
             served_version: Mutex::new(None),
+            health: Mutex::new(ApiHealth::default()),
         })
     }
 
@@ -291,6 +142,28 @@ impl GraphClient {
         }
         *current = token;
         true
+    }
+
+    /// What Graph's answers said of the token and the Metrics API so far.
+    pub fn health(&self) -> ApiHealth {
+        *self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Graph rejected the token in use (code 190) and accepted nothing since.
+    pub fn token_rejected(&self) -> bool {
+        self.health().token == Validity::Rejected
+    }
+
+    /// Counts one attempt and updates (and publishes) what it says of the
+    /// token and the Metrics API.
+    fn answered(&self, endpoint: Endpoint, outcome: Outcome, took: Duration) {
+        self.telemetry.observe_request(endpoint, outcome, took);
+        let health = {
+            let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            *health = health.after(endpoint, outcome);
+            *health
+        };
+        self.telemetry.set_api_health(health);
     }
 
     fn token(&self) -> Secret {
@@ -425,8 +298,7 @@ impl GraphClient {
                     if first {
                         waited.push(reason);
                     }
-                    self.telemetry
-                        .rate_limit_waited(reason.label(), wait, first);
+                    self.telemetry.rate_limit_waited(reason, wait, first);
                 }
                 Decision::Refuse(refusal) => {
                     self.telemetry.call_saved(refusal.label());
@@ -465,11 +337,10 @@ impl GraphClient {
             });
             let result = result.map_err(|e| self.redact(e));
             let outcome = match &result {
-                Ok(_) => "success",
-                Err(e) => e.class.label(),
+                Ok(_) => Outcome::Success,
+                Err(e) => Outcome::Failed(e.class),
             };
-            self.telemetry
-                .observe_request(endpoint.label(), outcome, started.elapsed());
+            self.answered(endpoint, outcome, started.elapsed());
             let e = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -543,7 +414,7 @@ impl GraphClient {
             self.governor().answered();
             return (Ok(body), trace);
         }
-        let mut e = wire::parse_error(status, &body);
+        let mut e = crate::error::parse_error(status, &body);
         if e.class == ErrorClass::Throttled {
             e.regain_after = regain;
             let pause =

@@ -12,6 +12,7 @@
 //! ```
 //!
 //! - [`config`]: TOML → validated [`config::Config`]; errors name the key.
+//! - [`error`]: the error taxonomy of Graph calls (classes, errors, envelopes); pure.
 //! - [`model`]: domain types (flows, metrics, granularities, data points, clock).
 //! - [`graph`]: the only module that talks to Graph; [`graph::wire`] parses its JSON.
 //! - [`ratelimit`]: the Graph client's governor (pure decisions): pacing, usage
@@ -30,6 +31,7 @@
 pub mod app;
 pub mod backfill;
 pub mod config;
+pub mod error;
 pub mod exporter;
 pub mod exposition;
 pub mod flowdata;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::config::GranularityConfig;
-use crate::graph::{ErrorClass, GraphError};
+use crate::error::{ErrorClass, GraphError};
 use crate::model::{DataPoint, Granularity};
 use crate::snapshot::{Cell, CellStatus};
 

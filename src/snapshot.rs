@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::config::StaticFlow;
-use crate::graph::{ErrorClass, GraphError};
+use crate::error::{ErrorClass, GraphError};
 use crate::model::{DataPoint, Flow, FlowSource, FlowStatus, Granularity, MetricKind};
 
 /// How the last poll of one (flow, metric, granularity) went.

@@ -13,8 +13,41 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::error::{ApiHealth, Endpoint, Outcome, Validity};
 use crate::graph::wire::Usage;
 use crate::ratelimit::{Refusal, WabaState, WaitReason};
+
+/// How a finished poll went, as the `result` label of `polls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollResult {
+    /// Every call answered.
+    Success,
+    /// Some calls failed.
+    Partial,
+    /// No call succeeded.
+    Failed,
+}
+
+impl PollResult {
+    pub const ALL: [PollResult; 3] = [PollResult::Success, PollResult::Partial, PollResult::Failed];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PollResult::Success => "success",
+            PollResult::Partial => "partial",
+            PollResult::Failed => "failed",
+        }
+    }
+
+    /// The result of a poll of `total` calls of which `failed` failed.
+    pub fn of(failed: usize, total: usize) -> PollResult {
+        match failed {
+            0 => PollResult::Success,
+            n if n == total => PollResult::Failed,
+            _ => PollResult::Partial,
+        }
+    }
+}
 
 const NS: &str = "whatsapp_flows_exporter";
 
@@ -304,24 +337,22 @@ impl Telemetry {
         }
     }
 
-    pub fn observe_request(&self, endpoint: &str, outcome: &str, took: Duration) {
+    /// One HTTP attempt to Graph ended.
+    pub fn observe_request(&self, endpoint: Endpoint, outcome: Outcome, took: Duration) {
         self.graph_requests
-            .with_label_values(&[endpoint, outcome])
+            .with_label_values(&[endpoint.label(), outcome.label()])
             .inc();
         self.graph_duration
-            .with_label_values(&[endpoint])
+            .with_label_values(&[endpoint.label()])
             .observe(took.as_secs_f64());
-        match outcome {
-            "success" | "insufficient_data" => {
-                self.token_valid.set(1);
-                if endpoint == "metric" {
-                    self.api_available.set(1);
-                }
-            }
-            "token" => self.token_valid.set(0),
-            "api_gone" => self.api_available.set(0),
-            _ => {}
-        }
+    }
+
+    /// What Graph last said of the access token and of the Metrics API; set
+    /// by the Graph client, which owns that state.
+    pub fn set_api_health(&self, health: ApiHealth) {
+        self.token_valid.set(i64::from(health.token != Validity::Rejected));
+        self.api_available
+            .set(i64::from(health.metrics_api != Validity::Rejected));
     }
 
     /// Creates the series of every job and endpoint at 0, so that rates and
@@ -358,12 +389,12 @@ impl Telemetry {
 
     /// A call waited `took` for `reason`; `first`: the first wait of this call for
     /// this reason (a call that waits twice for one reason counts once).
-    pub fn rate_limit_waited(&self, reason: &str, took: Duration, first: bool) {
+    pub fn rate_limit_waited(&self, reason: WaitReason, took: Duration, first: bool) {
         self.wait_seconds
-            .with_label_values(&[reason])
+            .with_label_values(&[reason.label()])
             .inc_by(took.as_secs_f64());
         if first {
-            self.waits.with_label_values(&[reason]).inc();
+            self.waits.with_label_values(&[reason.label()]).inc();
         }
     }
 
@@ -441,8 +472,8 @@ impl Telemetry {
             .set(1);
     }
 
-    pub fn poll_finished(&self, job: &str, result: &str, took: Duration, at_unix: f64) {
-        self.polls.with_label_values(&[job, result]).inc();
+    pub fn poll_finished(&self, job: &str, result: PollResult, took: Duration, at_unix: f64) {
+        self.polls.with_label_values(&[job, result.label()]).inc();
         self.poll_duration
             .with_label_values(&[job])
             .observe(took.as_secs_f64());
@@ -468,11 +499,6 @@ impl Telemetry {
         self.reload_successful.set(0);
     }
 
-    /// False after Graph rejected the access token, until a call succeeds again.
-    pub fn token_valid(&self) -> bool {
-        self.token_valid.get() != 0
-    }
-
     pub fn set_exposition_bytes(&self, n: usize) {
         self.exposition_bytes.set(n as i64);
     }
@@ -486,10 +512,10 @@ impl Telemetry {
         }
     }
 
-    /// Reads a counter, for tests and the landing page.
-    pub fn graph_requests(&self, endpoint: &str, outcome: &str) -> u64 {
+    /// Reads a counter, for tests and the backfill's summary.
+    pub fn graph_requests(&self, endpoint: Endpoint, outcome: Outcome) -> u64 {
         self.graph_requests
-            .with_label_values(&[endpoint, outcome])
+            .with_label_values(&[endpoint.label(), outcome.label()])
             .get()
     }
 }

@@ -86,7 +86,7 @@ pub fn flows_page(data: &[u8]) {
 /// exactly as `classify` does.
 pub fn graph_error(data: &[u8]) {
     for status in [200, 400, 401, 403, 404, 429, 500, 503] {
-        let e = wire::parse_error(status, data);
+        let e = flows_exporter::error::parse_error(status, data);
         assert_eq!(e.http_status, Some(status));
         assert!(
             within(&e.message, 300),
@@ -97,7 +97,7 @@ pub fn graph_error(data: &[u8]) {
             assert!(within(t, 64), "fbtrace_id too long: {}", t.len());
         }
         if e.code.is_none() && status >= 500 {
-            assert_eq!(e.class, flows_exporter::graph::ErrorClass::Transient);
+            assert_eq!(e.class, flows_exporter::error::ErrorClass::Transient);
         }
         let _ = e.to_string();
     }

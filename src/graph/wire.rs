@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::model::{DataPoint, Flow, FlowSource, FlowStatus, Granularity, MetricKind};
 
-use super::{ErrorClass, GraphError};
+use crate::error::{GraphError, truncate};
 
 // ---- metric answers ----
 
@@ -217,95 +217,6 @@ pub fn parse_flows_page(body: &[u8], waba_id: &str) -> Result<Page, GraphError> 
     Ok(Page { flows, next_after })
 }
 
-// ---- errors ----
-
-#[derive(Debug, Deserialize)]
-struct ErrorEnvelope {
-    error: WireError,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireError {
-    #[serde(default)]
-    message: String,
-    code: Option<i64>,
-    error_subcode: Option<i64>,
-    fbtrace_id: Option<String>,
-    is_transient: Option<bool>,
-}
-
-/// Turns a non-success answer into a classified error. The class comes from
-/// `error.code` alone (the HTTP status is not reliable); without a Graph error
-/// envelope, a 5xx is transient and anything else is malformed.
-pub fn parse_error(status: u16, body: &[u8]) -> GraphError {
-    match serde_json::from_slice::<ErrorEnvelope>(body) {
-        Ok(ErrorEnvelope { error: e }) => {
-            let class = classify(e.code, &e.message, e.is_transient.unwrap_or(false), status);
-            GraphError {
-                class,
-                code: e.code,
-                subcode: e.error_subcode,
-                message: truncate(&e.message, 300),
-                fbtrace_id: e.fbtrace_id.map(|t| truncate(&t, 64)),
-                http_status: Some(status),
-                regain_after: None,
-            }
-        }
-        Err(_) => GraphError {
-            class: if status >= 500 {
-                ErrorClass::Transient
-            } else {
-                ErrorClass::Malformed
-            },
-            code: None,
-            subcode: None,
-            message: format!("HTTP {status} without a Graph error object"),
-            fbtrace_id: None,
-            http_status: Some(status),
-            regain_after: None,
-        },
-    }
-}
-
-/// Maps a Graph error code to what the exporter does about it.
-pub fn classify(code: Option<i64>, message: &str, is_transient: bool, status: u16) -> ErrorClass {
-    match code {
-        Some(139006) => ErrorClass::InsufficientData,
-        Some(190) | Some(102) => ErrorClass::Token,
-        Some(10) | Some(200..=299) => ErrorClass::Permission,
-        Some(4) | Some(17) | Some(32) | Some(613) | Some(80007) | Some(80008) => {
-            ErrorClass::Throttled
-        }
-        // Code 100 is "invalid parameter". On the `metric` field it is how Graph
-        // says the field does not exist (any more) in this version.
-        Some(100) if mentions_metric_field(message) => ErrorClass::ApiGone,
-        Some(100) => ErrorClass::InvalidRequest,
-        Some(1) | Some(2) => ErrorClass::Transient,
-        _ if is_transient || status >= 500 => ErrorClass::Transient,
-        _ => ErrorClass::Unknown,
-    }
-}
-
-fn mentions_metric_field(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("(metric)")
-        || m.contains("field metric")
-        || m.contains("fields: metric")
-        || m.contains("`metric`")
-        || m.contains("'metric'")
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 // ---- rate-limit headers ----
 
 /// One usage reading from a rate-limit header, in percent of the hourly allowance.
@@ -384,6 +295,7 @@ pub fn parse_business_usage(header: &str) -> Vec<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorClass;
     use chrono::TimeZone;
 
     fn check_points(body: &str, metric: MetricKind, g: Granularity) -> Vec<DataPoint> {
@@ -504,77 +416,6 @@ mod tests {
         assert_eq!(last.next_after, None);
         let e = parse_flows_page(br#"{"data":[{"id":"../me"}]}"#, "9").expect_err("bad id");
         assert_eq!(e.class, ErrorClass::Malformed);
-    }
-
-    #[test]
-    fn error_classes() {
-        let cases = [
-            (
-                400,
-                r#"{"error":{"message":"Not enough data","code":139006,"fbtrace_id":"T"}}"#,
-                ErrorClass::InsufficientData,
-            ),
-            (
-                401,
-                r#"{"error":{"message":"Session expired","code":190,"error_subcode":463}}"#,
-                ErrorClass::Token,
-            ),
-            (
-                403,
-                r#"{"error":{"message":"Permission","code":10}}"#,
-                ErrorClass::Permission,
-            ),
-            (
-                403,
-                r#"{"error":{"message":"Permission","code":200}}"#,
-                ErrorClass::Permission,
-            ),
-            (
-                400,
-                r#"{"error":{"message":"Too many","code":80008}}"#,
-                ErrorClass::Throttled,
-            ),
-            (
-                429,
-                r#"{"error":{"message":"Too many","code":4}}"#,
-                ErrorClass::Throttled,
-            ),
-            (
-                400,
-                r#"{"error":{"message":"(#100) Tried accessing nonexisting field (metric)","code":100}}"#,
-                ErrorClass::ApiGone,
-            ),
-            (
-                400,
-                r#"{"error":{"message":"Unsupported get request","code":100,"error_subcode":33}}"#,
-                ErrorClass::InvalidRequest,
-            ),
-            (
-                500,
-                r#"{"error":{"message":"Unknown","code":1}}"#,
-                ErrorClass::Transient,
-            ),
-            (
-                400,
-                r#"{"error":{"message":"x","code":999,"is_transient":true}}"#,
-                ErrorClass::Transient,
-            ),
-            (
-                400,
-                r#"{"error":{"message":"x","code":999}}"#,
-                ErrorClass::Unknown,
-            ),
-            (502, "<html>bad gateway</html>", ErrorClass::Transient),
-            (404, "not json", ErrorClass::Malformed),
-        ];
-        for (status, body, class) in cases {
-            assert_eq!(parse_error(status, body.as_bytes()).class, class, "{body}");
-        }
-        let e = parse_error(400, br#"{"error":{"message":"m","code":139006,"error_subcode":2494021,"fbtrace_id":"AbC"}}"#);
-        assert_eq!(
-            (e.code, e.subcode, e.fbtrace_id.as_deref()),
-            (Some(139006), Some(2494021), Some("AbC"))
-        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use flows_exporter::backfill::progress::Progress;
 use flows_exporter::backfill::sink::{RemoteWriteConfig, RemoteWriteError};
 use flows_exporter::backfill::{self, Options, Output, Summary};
 use flows_exporter::config::{Config, Secret};
-use flows_exporter::graph::ErrorClass;
+use flows_exporter::error::ErrorClass;
 use flows_exporter::model::{Clock, Granularity, MetricKind};
 use flows_exporter::sandbox::{Fault, FaultTarget, Sandbox, Traffic};
 use serde_json::Value;

@@ -1,0 +1,394 @@
+//! The error taxonomy of Graph calls, as plain data: what kind of failure a
+//! call ended in ([`ErrorClass`]), the classified error itself ([`GraphError`]),
+//! the endpoints calls go to ([`Endpoint`]), and how a Graph error envelope
+//! becomes a `GraphError` ([`parse_error`], [`classify`]). No I/O: the Graph
+//! client, the wire parsers, the poll policy, the snapshot and the backfill all
+//! import it, and it imports none of them.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What kind of failure a Graph call ended in; decides what the exporter does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorClass {
+    /// 139006: fewer than 250 requests; a state of the flow, not a failure.
+    InsufficientData,
+    /// 190: the access token is invalid or expired.
+    Token,
+    /// 10, 200-299: a permission is missing.
+    Permission,
+    /// 4, 17, 32, 613, 80007, 80008.
+    Throttled,
+    /// 100 on the `metric` field: the Metrics API is not served in this version.
+    ApiGone,
+    /// 100 otherwise, e.g. the flow does not exist.
+    InvalidRequest,
+    /// 1, 2, `is_transient`, or a 5xx.
+    Transient,
+    /// Connection refused, reset, timed out.
+    Network,
+    /// An answer that is not what Graph documents.
+    Malformed,
+    /// A Graph error code this exporter does not know.
+    Unknown,
+    /// Not sent: the usage Graph reported is at or above `rate_limit.stop_at`.
+    UsageHigh,
+    /// Not sent: the WABA's `rate_limit.waba_calls_per_hour` is used up.
+    Budget,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 12] = [
+        ErrorClass::InsufficientData,
+        ErrorClass::Token,
+        ErrorClass::Permission,
+        ErrorClass::Throttled,
+        ErrorClass::ApiGone,
+        ErrorClass::InvalidRequest,
+        ErrorClass::Transient,
+        ErrorClass::Network,
+        ErrorClass::Malformed,
+        ErrorClass::Unknown,
+        ErrorClass::UsageHigh,
+        ErrorClass::Budget,
+    ];
+
+    /// Label value used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorClass::InsufficientData => "insufficient_data",
+            ErrorClass::Token => "token",
+            ErrorClass::Permission => "permission",
+            ErrorClass::Throttled => "throttled",
+            ErrorClass::ApiGone => "api_gone",
+            ErrorClass::InvalidRequest => "invalid_request",
+            ErrorClass::Transient => "transient",
+            ErrorClass::Network => "network",
+            ErrorClass::Malformed => "malformed",
+            ErrorClass::Unknown => "unknown",
+            ErrorClass::UsageHigh => "usage_high",
+            ErrorClass::Budget => "budget",
+        }
+    }
+
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Transient | ErrorClass::Network | ErrorClass::Throttled
+        )
+    }
+
+    /// Whether every further call in this poll would fail the same way, so the
+    /// poll should stop calling Graph. Not `UsageHigh` or `Budget`: they hold for
+    /// one WABA, and the governor refuses the WABA's later calls by itself.
+    pub fn halts_poll(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Token | ErrorClass::ApiGone | ErrorClass::Throttled
+        )
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// How one HTTP attempt to Graph ended: the `outcome` label of
+/// `graph_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Success,
+    Failed(ErrorClass),
+}
+
+impl Outcome {
+    /// `success` or the error class.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failed(class) => class.label(),
+        }
+    }
+
+    /// Every outcome there is, `success` first.
+    pub fn all() -> impl Iterator<Item = Outcome> {
+        std::iter::once(Outcome::Success).chain(ErrorClass::ALL.into_iter().map(Outcome::Failed))
+    }
+}
+
+/// What Graph's answers have said about one thing (the access token, the
+/// Metrics API): nothing yet, yes, or no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Validity {
+    #[default]
+    Unknown,
+    Accepted,
+    Rejected,
+}
+
+/// The state of the Graph client's access as Graph's answers show it. Owned
+/// by the client, which updates it after every answer and publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApiHealth {
+    /// Accepted after an answer with data or 139006; rejected after code 190.
+    pub token: Validity,
+    /// Accepted after a metric answer with data or 139006; rejected after
+    /// code 100 on the `metric` field.
+    pub metrics_api: Validity,
+}
+
+impl ApiHealth {
+    /// The state after one answer of `endpoint` ended in `outcome`.
+    pub fn after(mut self, endpoint: Endpoint, outcome: Outcome) -> ApiHealth {
+        match outcome {
+            Outcome::Success | Outcome::Failed(ErrorClass::InsufficientData) => {
+                self.token = Validity::Accepted;
+                if endpoint == Endpoint::Metric {
+                    self.metrics_api = Validity::Accepted;
+                }
+            }
+            Outcome::Failed(ErrorClass::Token) => self.token = Validity::Rejected,
+            Outcome::Failed(ErrorClass::ApiGone) => self.metrics_api = Validity::Rejected,
+            Outcome::Failed(_) => {}
+        }
+        self
+    }
+}
+
+/// A failed Graph call, classified. Never carries the access token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphError {
+    pub class: ErrorClass,
+    pub code: Option<i64>,
+    pub subcode: Option<i64>,
+    pub message: String,
+    pub fbtrace_id: Option<String>,
+    pub http_status: Option<u16>,
+    /// For throttling: how long Graph says to wait.
+    pub regain_after: Option<Duration>,
+}
+
+impl GraphError {
+    pub fn malformed(message: impl Into<String>) -> GraphError {
+        GraphError::new(ErrorClass::Malformed, message)
+    }
+
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> GraphError {
+        GraphError {
+            class,
+            code: None,
+            subcode: None,
+            message: message.into(),
+            fbtrace_id: None,
+            http_status: None,
+            regain_after: None,
+        }
+    }
+}
+
+impl fmt::Display for GraphError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.class)?;
+        if let Some(code) = self.code {
+            write!(f, " (code {code}")?;
+            if let Some(sub) = self.subcode {
+                write!(f, ", subcode {sub}")?;
+            }
+            write!(f, ")")?;
+        }
+        if let Some(status) = self.http_status {
+            write!(f, " HTTP {status}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(t) = &self.fbtrace_id {
+            write!(f, " [fbtrace_id {t}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for GraphError {}
+
+/// The Graph endpoints the exporter calls, as the `endpoint` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Flows,
+    Metric,
+}
+
+impl Endpoint {
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Flows => "flows",
+            Endpoint::Metric => "metric",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorEnvelope {
+    error: WireError,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireError {
+    #[serde(default)]
+    message: String,
+    code: Option<i64>,
+    error_subcode: Option<i64>,
+    fbtrace_id: Option<String>,
+    is_transient: Option<bool>,
+}
+
+/// Turns a non-success answer into a classified error. The class comes from
+/// `error.code` alone (the HTTP status is not reliable); without a Graph error
+/// envelope, a 5xx is transient and anything else is malformed.
+pub fn parse_error(status: u16, body: &[u8]) -> GraphError {
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(ErrorEnvelope { error: e }) => {
+            let class = classify(e.code, &e.message, e.is_transient.unwrap_or(false), status);
+            GraphError {
+                class,
+                code: e.code,
+                subcode: e.error_subcode,
+                message: truncate(&e.message, 300),
+                fbtrace_id: e.fbtrace_id.map(|t| truncate(&t, 64)),
+                http_status: Some(status),
+                regain_after: None,
+            }
+        }
+        Err(_) => GraphError {
+            class: if status >= 500 {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Malformed
+            },
+            code: None,
+            subcode: None,
+            message: format!("HTTP {status} without a Graph error object"),
+            fbtrace_id: None,
+            http_status: Some(status),
+            regain_after: None,
+        },
+    }
+}
+
+/// Maps a Graph error code to what the exporter does about it.
+pub fn classify(code: Option<i64>, message: &str, is_transient: bool, status: u16) -> ErrorClass {
+    match code {
+        Some(139006) => ErrorClass::InsufficientData,
+        Some(190) | Some(102) => ErrorClass::Token,
+        Some(10) | Some(200..=299) => ErrorClass::Permission,
+        Some(4) | Some(17) | Some(32) | Some(613) | Some(80007) | Some(80008) => {
+            ErrorClass::Throttled
+        }
+        // Code 100 is "invalid parameter". On the `metric` field it is how Graph
+        // says the field does not exist (any more) in this version.
+        Some(100) if mentions_metric_field(message) => ErrorClass::ApiGone,
+        Some(100) => ErrorClass::InvalidRequest,
+        Some(1) | Some(2) => ErrorClass::Transient,
+        _ if is_transient || status >= 500 => ErrorClass::Transient,
+        _ => ErrorClass::Unknown,
+    }
+}
+
+fn mentions_metric_field(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("(metric)")
+        || m.contains("field metric")
+        || m.contains("fields: metric")
+        || m.contains("`metric`")
+        || m.contains("'metric'")
+}
+
+/// Cuts `s` to at most `max` bytes (on a character boundary), marking a cut with `…`.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_classes() {
+        let cases = [
+            (
+                400,
+                r#"{"error":{"message":"Not enough data","code":139006,"fbtrace_id":"T"}}"#,
+                ErrorClass::InsufficientData,
+            ),
+            (
+                401,
+                r#"{"error":{"message":"Session expired","code":190,"error_subcode":463}}"#,
+                ErrorClass::Token,
+            ),
+            (
+                403,
+                r#"{"error":{"message":"Permission","code":10}}"#,
+                ErrorClass::Permission,
+            ),
+            (
+                403,
+                r#"{"error":{"message":"Permission","code":200}}"#,
+                ErrorClass::Permission,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"Too many","code":80008}}"#,
+                ErrorClass::Throttled,
+            ),
+            (
+                429,
+                r#"{"error":{"message":"Too many","code":4}}"#,
+                ErrorClass::Throttled,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"(#100) Tried accessing nonexisting field (metric)","code":100}}"#,
+                ErrorClass::ApiGone,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"Unsupported get request","code":100,"error_subcode":33}}"#,
+                ErrorClass::InvalidRequest,
+            ),
+            (
+                500,
+                r#"{"error":{"message":"Unknown","code":1}}"#,
+                ErrorClass::Transient,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"x","code":999,"is_transient":true}}"#,
+                ErrorClass::Transient,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"x","code":999}}"#,
+                ErrorClass::Unknown,
+            ),
+            (502, "<html>bad gateway</html>", ErrorClass::Transient),
+            (404, "not json", ErrorClass::Malformed),
+        ];
+        for (status, body, class) in cases {
+            assert_eq!(parse_error(status, body.as_bytes()).class, class, "{body}");
+        }
+        let e = parse_error(400, br#"{"error":{"message":"m","code":139006,"error_subcode":2494021,"fbtrace_id":"AbC"}}"#);
+        assert_eq!(
+            (e.code, e.subcode, e.fbtrace_id.as_deref()),
+            (Some(139006), Some(2494021), Some("AbC"))
+        );
+    }
+}
