@@ -43,10 +43,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Secret};
-use crate::error::{Endpoint, ErrorClass, GraphError, Outcome};
+use crate::error::{CallError, Endpoint, ErrorClass, Outcome};
 use crate::flowdata;
 use crate::graph::GraphClient;
 use crate::model::{Clock, Granularity, MetricKind};
+use crate::ratelimit::Refusal;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
 
@@ -385,7 +386,7 @@ pub async fn run(
 
     // Producer: fetches histories in the order they are written, a few ahead.
     let concurrency = config.graph.max_concurrency.max(1);
-    let (tx, mut rx) = mpsc::channel::<Result<Fetched, GraphError>>(concurrency);
+    let (tx, mut rx) = mpsc::channel::<Result<Fetched, CallError>>(concurrency);
     let jobs: Vec<(MetricKind, (String, String), Plan)> = MetricKind::ALL
         .into_iter()
         .flat_map(|m| {
@@ -459,7 +460,7 @@ enum Sink {
 }
 
 async fn consume(
-    rx: &mut mpsc::Receiver<Result<Fetched, GraphError>>,
+    rx: &mut mpsc::Receiver<Result<Fetched, CallError>>,
     sink: &mut Sink,
     summary: &mut Summary,
     progress: &Progress,
@@ -469,14 +470,19 @@ async fn consume(
         let fetched = fetched.map_err(|e| {
             anyhow::anyhow!(
                 "backfill stopped: {e}{}",
-                match e.class {
-                    ErrorClass::Token => " (the access token is invalid or expired)",
-                    ErrorClass::ApiGone => " (the Metrics API is not served for this API version)",
-                    ErrorClass::Throttled =>
+                match &e {
+                    CallError::Failed(e) => match e.class {
+                        ErrorClass::Token => " (the access token is invalid or expired)",
+                        ErrorClass::ApiGone =>
+                            " (the Metrics API is not served for this API version)",
+                        ErrorClass::Throttled =>
+                            " (Graph kept throttling; run again later, the backfill is idempotent)",
+                        _ => "",
+                    },
+                    CallError::Refused(Refusal::ThrottlePause) =>
                         " (Graph kept throttling; run again later, the backfill is idempotent)",
-                    ErrorClass::UsageHigh | ErrorClass::Budget =>
+                    CallError::Refused(_) =>
                         " (the [rate_limit] settings stop further calls; run again later, the backfill is idempotent)",
-                    _ => "",
                 }
             )
         })?;
@@ -521,7 +527,7 @@ async fn fetch_history(
     flow: FlowRef,
     metric: MetricKind,
     plan: &Plan,
-) -> Result<Fetched, GraphError> {
+) -> Result<Fetched, CallError> {
     let FlowRef { flow_id, waba_id } = flow;
     let g = plan.granularity;
     let mut points = Vec::new();
@@ -540,15 +546,22 @@ async fn fetch_history(
                     Some(chunk.query_until()),
                 )
                 .await;
-            match answer {
-                Err(e) if e.class == ErrorClass::Throttled && waits < MAX_THROTTLE_WAITS => {
-                    let wait = throttle_wait(e.regain_after, retry_backoff, waits);
+            let regain = match &answer {
+                Err(CallError::Failed(e)) if e.class == ErrorClass::Throttled => {
+                    Some(e.regain_after)
+                }
+                Err(CallError::Refused(Refusal::ThrottlePause)) => Some(client.paused_for()),
+                _ => None,
+            };
+            match (answer, regain) {
+                (Err(e), Some(regain)) if waits < MAX_THROTTLE_WAITS => {
+                    let wait = throttle_wait(regain, retry_backoff, waits);
                     warn!(flow_id = %flow_id, metric = metric.api_name(), granularity = g.label(), wait_s = wait.as_secs_f64(), error = %e, "throttled by Graph; waiting as it says");
                     tokio::time::sleep(wait).await;
                     waits += 1;
                     throttle_waits += 1;
                 }
-                other => break other,
+                (other, _) => break other,
             }
         };
         progress.call_done();
@@ -569,24 +582,21 @@ async fn fetch_history(
                     skipped.push(s);
                 }
             },
-            Err(e) if e.class == ErrorClass::InsufficientData => {
+            Err(CallError::Failed(e)) if e.class == ErrorClass::InsufficientData => {
                 let s = skip(e.class, "insufficient data (139006)".to_owned());
                 debug!(window = %s, "window skipped: fewer than 250 requests");
                 skipped.push(s);
             }
-            Err(e)
+            Err(e @ CallError::Refused(_)) => return Err(e),
+            Err(CallError::Failed(e))
                 if matches!(
                     e.class,
-                    ErrorClass::Token
-                        | ErrorClass::ApiGone
-                        | ErrorClass::Throttled
-                        | ErrorClass::UsageHigh
-                        | ErrorClass::Budget
+                    ErrorClass::Token | ErrorClass::ApiGone | ErrorClass::Throttled
                 ) =>
             {
-                return Err(e);
+                return Err(e.into());
             }
-            Err(e) => {
+            Err(CallError::Failed(e)) => {
                 let s = skip(e.class, e.to_string());
                 warn!(window = %s, fbtrace_id = ?e.fbtrace_id, "window skipped");
                 skipped.push(s);

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ratelimit::Refusal;
+
 /// What kind of failure a Graph call ended in; decides what the exporter does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ErrorClass {
@@ -33,14 +35,10 @@ pub enum ErrorClass {
     Malformed,
     /// A Graph error code this exporter does not know.
     Unknown,
-    /// Not sent: the usage Graph reported is at or above `rate_limit.stop_at`.
-    UsageHigh,
-    /// Not sent: the WABA's `rate_limit.waba_calls_per_hour` is used up.
-    Budget,
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 12] = [
+    pub const ALL: [ErrorClass; 10] = [
         ErrorClass::InsufficientData,
         ErrorClass::Token,
         ErrorClass::Permission,
@@ -51,8 +49,6 @@ impl ErrorClass {
         ErrorClass::Network,
         ErrorClass::Malformed,
         ErrorClass::Unknown,
-        ErrorClass::UsageHigh,
-        ErrorClass::Budget,
     ];
 
     /// Label value used in metrics and logs.
@@ -68,8 +64,6 @@ impl ErrorClass {
             ErrorClass::Network => "network",
             ErrorClass::Malformed => "malformed",
             ErrorClass::Unknown => "unknown",
-            ErrorClass::UsageHigh => "usage_high",
-            ErrorClass::Budget => "budget",
         }
     }
 
@@ -79,16 +73,6 @@ impl ErrorClass {
             ErrorClass::Transient | ErrorClass::Network | ErrorClass::Throttled
         )
     }
-
-    /// Whether every further call in this poll would fail the same way, so the
-    /// poll should stop calling Graph. Not `UsageHigh` or `Budget`: they hold for
-    /// one WABA, and the governor refuses the WABA's later calls by itself.
-    pub fn halts_poll(self) -> bool {
-        matches!(
-            self,
-            ErrorClass::Token | ErrorClass::ApiGone | ErrorClass::Throttled
-        )
-    }
 }
 
 impl fmt::Display for ErrorClass {
@@ -96,6 +80,66 @@ impl fmt::Display for ErrorClass {
         f.write_str(self.label())
     }
 }
+
+/// How a call ended without an answer: the rate-limit governor did not let
+/// it go, or it went (at least once) and failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// Not sent: the governor refused it (see [`Refusal`]).
+    Refused(Refusal),
+    /// Sent and failed; with retries, the last attempt's error.
+    Failed(GraphError),
+}
+
+impl CallError {
+    /// The Graph error, when the call was sent.
+    pub fn graph(&self) -> Option<&GraphError> {
+        match self {
+            CallError::Failed(e) => Some(e),
+            CallError::Refused(_) => None,
+        }
+    }
+
+    /// The error class, when the call was sent.
+    pub fn class(&self) -> Option<ErrorClass> {
+        self.graph().map(|e| e.class)
+    }
+
+    /// The error class's label, or the refusal's.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CallError::Failed(e) => e.class.label(),
+            CallError::Refused(r) => r.label(),
+        }
+    }
+
+    /// Graph's error code, when it sent one.
+    pub fn code(&self) -> Option<i64> {
+        self.graph().and_then(|e| e.code)
+    }
+
+    /// The trace id Meta support asks for, when Graph sent one.
+    pub fn fbtrace_id(&self) -> Option<&str> {
+        self.graph().and_then(|e| e.fbtrace_id.as_deref())
+    }
+}
+
+impl From<GraphError> for CallError {
+    fn from(e: GraphError) -> CallError {
+        CallError::Failed(e)
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Failed(e) => e.fmt(f),
+            CallError::Refused(r) => write!(f, "not sent: {}", r.describe()),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
 
 /// How one HTTP attempt to Graph ended: the `outcome` label of
 /// `graph_requests_total`.

@@ -9,29 +9,25 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ConfigError, Secret, TokenSource};
-use crate::error::{ErrorClass, GraphError};
+use crate::error::{CallError, ErrorClass, GraphError};
 use crate::exposition::{self, Rendered};
 use crate::flowdata;
 use crate::graph::GraphClient;
 use crate::model::{Clock, DataPoint, Flow, Granularity, MetricKind};
-use crate::poll;
+use crate::poll::{self, CallOutcome, PollPolicy, SkipReason, Target};
+use crate::ratelimit::waba_key;
 use crate::snapshot::{CellStatus, Cells, Snapshot};
 use crate::telemetry::{PollResult, Telemetry};
-
-/// Network failures in a row (refused, reset, timed out, cut off) after which a
-/// poll stops calling Graph: one flaky call fails one cell, but when Graph is
-/// unreachable or hangs every call fails alike, and with timeouts and retries a
-/// poll of every flow would otherwise take hours.
-const NETWORK_HALT_AFTER: u32 = 3;
 
 /// A scheduled unit of work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -354,7 +350,7 @@ impl Exporter {
                 Ok(flows) => debug!(waba_id = %waba, flows = flows.len(), "listed flows"),
                 Err(e) => {
                     failed += 1;
-                    warn!(waba_id = %waba, class = e.class.label(), code = ?e.code, fbtrace_id = ?e.fbtrace_id, error = %e, "cannot list flows; keeping the flows known before");
+                    warn!(waba_id = %waba, class = e.label(), code = ?e.code(), fbtrace_id = ?e.fbtrace_id(), error = %e, "cannot list flows; keeping the flows known before");
                 }
             }
             results.push((waba.clone(), result));
@@ -378,6 +374,9 @@ impl Exporter {
 
     /// Polls all five metrics of every polled flow for one granularity, with at
     /// most `max_concurrency` calls in flight, and swaps the result in whole.
+    /// What each result means for the calls still to make is the
+    /// [`PollPolicy`]'s to say; this loop only asks it before every call and
+    /// tells it every result.
     pub async fn poll(&self, granularity: Granularity) {
         // This poll's configuration and client, whatever a reload swaps in meanwhile.
         let (config, client) = (self.config(), self.client());
@@ -400,96 +399,95 @@ impl Exporter {
             );
         }
         let since = poll::query_since(&gcfg, now);
-        let halt: Mutex<Option<GraphError>> = Mutex::new(None);
-        // Network failures in a row: Graph is unreachable or hangs for everyone.
-        let network_streak = AtomicU32::new(0);
-        let mut pairs = Vec::with_capacity(flows.len() * MetricKind::ALL.len());
+        let mut planned = Vec::with_capacity(flows.len() * MetricKind::ALL.len());
         for flow in &flows {
             for metric in MetricKind::ALL {
-                pairs.push((flow, metric));
+                planned.push((flow, metric));
             }
         }
-        let calls: Vec<CallFuture<'_>> = pairs
-            .into_iter()
-            .map(|(flow, metric)| -> CallFuture<'_> {
-                let halt = &halt;
-                let network_streak = &network_streak;
-                let gcfg = &gcfg;
+        let limit = config.graph.max_concurrency.max(1);
+        let mut policy = PollPolicy::new();
+        let mut queue = planned.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        let mut answers: Vec<(&Flow, MetricKind, CallOutcome)> = Vec::new();
+        loop {
+            // Start calls up to the limit, asking the policy before each.
+            while in_flight.len() < limit {
+                let Some((flow, metric)) = queue.next() else {
+                    break;
+                };
+                if let Some(skip) = policy.check(target(flow)) {
+                    answers.push((flow, metric, CallOutcome::NotAttempted(skip)));
+                    continue;
+                }
                 let client = &client;
-                Box::pin(async move {
-                    let halted = halt.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if let Some(e) = halted {
-                        return (flow, metric, Err(e), false);
-                    }
+                in_flight.push(async move {
                     let answer = client
                         .fetch_metric(&flow.waba_id, &flow.id, metric, granularity, since)
                         .await
                         .and_then(|points| {
                             choose_point(points, metric, granularity, gcfg.trust_after, now)
+                                .map_err(CallError::from)
                         });
-                    let streak = match &answer {
-                        Err(e) if e.class == ErrorClass::Network => {
-                            network_streak.fetch_add(1, Ordering::Relaxed) + 1
-                        }
-                        _ => {
-                            network_streak.store(0, Ordering::Relaxed);
-                            0
-                        }
-                    };
-                    if let Err(e) = &answer {
-                        if e.class.halts_poll() || streak >= NETWORK_HALT_AFTER {
-                            let mut h = halt.lock().unwrap_or_else(|e| e.into_inner());
-                            h.get_or_insert_with(|| e.clone());
-                        }
-                    }
-                    (flow, metric, answer, true)
-                })
-            })
-            .collect();
-        // At most `max_concurrency` calls in flight; scoped to this poll.
-        let answers: Vec<_> = futures_util::stream::iter(calls)
-            .buffer_unordered(config.graph.max_concurrency)
-            .collect()
-            .await;
+                    (flow, metric, answer)
+                });
+            }
+            let Some((flow, metric, answer)) = in_flight.next().await else {
+                break;
+            };
+            policy.record(target(flow), answer.as_ref().map(|_| ()));
+            let outcome = match answer {
+                Ok(point) => CallOutcome::Answered(point),
+                Err(e) => CallOutcome::Failed(e),
+            };
+            answers.push((flow, metric, outcome));
+        }
 
         let mut cells = Cells::new();
-        let (mut failed, mut saved) = (0usize, 0u64);
+        let mut failed = 0usize;
+        let mut not_attempted: BTreeMap<&str, u64> = BTreeMap::new();
         // Calls the rate limit refused, by (reason, WABA): logged once per poll.
         let mut refused: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for (flow, metric, answer, attempted) in &answers {
+        for (flow, metric, outcome) in &answers {
             let key = (flow.id.clone(), *metric);
-            let cell = poll::next_cell(previous.get(&key), answer.as_ref().cloned(), now);
+            let cell = poll::next_cell(previous.get(&key), outcome, now);
             if let CellStatus::Failed(_) = cell.status {
                 failed += 1;
             }
-            match answer {
-                Err(_) if !attempted => saved += 1,
-                Err(e) if matches!(e.class, ErrorClass::Budget | ErrorClass::UsageHigh) => {
-                    let waba = crate::ratelimit::waba_key(&flow.waba_id);
-                    *refused.entry((e.class.label(), waba)).or_default() += 1;
+            match outcome {
+                CallOutcome::NotAttempted(skip) => {
+                    *not_attempted.entry(skip.label()).or_default() += 1;
                 }
-                Err(e) if e.class == ErrorClass::InsufficientData => {
+                CallOutcome::Failed(CallError::Refused(r)) => {
+                    *refused
+                        .entry((r.label(), waba_key(&flow.waba_id)))
+                        .or_default() += 1;
+                }
+                CallOutcome::Failed(CallError::Failed(e))
+                    if e.class == ErrorClass::InsufficientData =>
+                {
                     debug!(flow_id = %flow.id, metric = metric.api_name(), granularity = granularity.label(), "insufficient data (139006)");
                 }
-                Err(e) => {
+                CallOutcome::Failed(CallError::Failed(e)) => {
                     warn!(flow_id = %flow.id, metric = metric.api_name(), granularity = granularity.label(), class = e.class.label(), code = ?e.code, fbtrace_id = ?e.fbtrace_id, stale = cell.is_stale(), error = %e, "metric poll failed");
                 }
-                Ok(_) => {}
+                CallOutcome::Answered(_) => {}
             }
             cells.insert(key, cell);
         }
-        if saved > 0 {
-            self.telemetry.calls_saved_by("poll_halted", saved);
-            let reason = halt
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map(|e| e.class.label())
-                .unwrap_or("unknown");
+        for (flow, metric, outcome) in &answers {
+            if let CallOutcome::NotAttempted(skip) = outcome {
+                debug!(flow_id = %flow.id, metric = metric.api_name(), granularity = granularity.label(), reason = skip.label(), "call not made");
+            }
+        }
+        if let Some(halt) = policy.halt() {
+            let n = not_attempted.values().sum::<u64>();
+            self.telemetry
+                .calls_not_attempted(SkipReason::PollHalted(halt), n);
             warn!(
                 granularity = granularity.label(),
-                reason,
-                calls_not_made = saved,
+                reason = halt.label(),
+                calls_not_made = n,
                 "poll halted early"
             );
         }
@@ -588,19 +586,6 @@ impl Exporter {
     }
 }
 
-/// One metric call of a poll: the flow, the metric, the answer, and whether
-/// Graph was actually called (false when the poll had halted).
-type CallOutput<'a> = (
-    &'a Flow,
-    MetricKind,
-    Result<Option<DataPoint>, GraphError>,
-    bool,
-);
-// Boxed so the poll future is `Send` (borrowing closures otherwise trip rustc's
-// higher-ranked lifetime inference).
-type CallFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = CallOutput<'a>> + Send + 'a>>;
-
 /// A reload's config file, read and validated, not yet applied.
 struct Checked {
     config: Config,
@@ -619,6 +604,14 @@ fn job_labels(config: &Config) -> Vec<&'static str> {
     std::iter::once(Job::Discovery.label())
         .chain(config.granularities.iter().map(|g| g.granularity.label()))
         .collect()
+}
+
+/// The policy's view of a call for `flow`.
+fn target(flow: &Flow) -> Target<'_> {
+    Target {
+        flow_id: &flow.id,
+        waba: waba_key(&flow.waba_id),
+    }
 }
 
 /// Picks the period to show from an answer and checks that it can be shown.

@@ -20,7 +20,7 @@ use reqwest::Url;
 use tracing::{debug, info};
 
 use crate::config::{Config, Secret};
-use crate::error::{ApiHealth, Endpoint, ErrorClass, GraphError, Outcome, Validity};
+use crate::error::{ApiHealth, CallError, Endpoint, ErrorClass, GraphError, Outcome, Validity};
 use crate::model::{DataPoint, Flow, Granularity, MetricKind};
 use crate::ratelimit::{Decision, Governor, Refusal, WaitReason, waba_key};
 use crate::telemetry::Telemetry;
@@ -90,8 +90,12 @@ impl GraphClient {
     /// budget, nor a throttle pause. The governor takes the new `[rate_limit]`
     /// settings only when the reload is applied ([`GraphClient::reconfigure`]).
     pub fn rebuilt(&self, config: &Config, token: Secret) -> anyhow::Result<GraphClient> {
-        let client =
-            GraphClient::with_governor(config, token, self.telemetry.clone(), self.governor.clone())?;
+        let client = GraphClient::with_governor(
+            config,
+            token,
+            self.telemetry.clone(),
+            self.governor.clone(),
+        )?;
         *client.health.lock().unwrap_or_else(|e| e.into_inner()) = self.health();
         Ok(client)
     }
@@ -172,7 +176,7 @@ impl GraphClient {
 
     /// Lists every flow of a WABA, following `paging.next` cursors against the
     /// configured base URL until Graph gives no next page.
-    pub async fn list_flows(&self, waba_id: &str) -> Result<Vec<Flow>, GraphError> {
+    pub async fn list_flows(&self, waba_id: &str) -> Result<Vec<Flow>, CallError> {
         let mut flows = Vec::new();
         let mut after: Option<String> = None;
         let mut seen_cursors = std::collections::HashSet::new();
@@ -193,14 +197,13 @@ impl GraphClient {
                 Some(_) => {
                     return Err(GraphError::malformed(
                         "flow listing repeats a paging cursor (paging loop)",
-                    ));
+                    )
+                    .into());
                 }
                 None => return Ok(flows),
             }
         }
-        Err(GraphError::malformed(format!(
-            "flow listing has more than {MAX_PAGES} pages"
-        )))
+        Err(GraphError::malformed(format!("flow listing has more than {MAX_PAGES} pages")).into())
     }
 
     /// Fetches one metric of one flow for one granularity, from `since` on.
@@ -213,7 +216,7 @@ impl GraphClient {
         metric: MetricKind,
         granularity: Granularity,
         since: Option<NaiveDate>,
-    ) -> Result<Vec<DataPoint>, GraphError> {
+    ) -> Result<Vec<DataPoint>, CallError> {
         self.fetch_metric_window(waba_id, flow_id, metric, granularity, since, None)
             .await
     }
@@ -230,7 +233,7 @@ impl GraphClient {
         granularity: Granularity,
         since: Option<NaiveDate>,
         until: Option<NaiveDate>,
-    ) -> Result<Vec<DataPoint>, GraphError> {
+    ) -> Result<Vec<DataPoint>, CallError> {
         let mut fields = format!(
             "metric.name({}).granularity({})",
             metric.api_name(),
@@ -279,7 +282,7 @@ impl GraphClient {
 
     /// Asks the governor until it lets this attempt go (sleeping as it says, each
     /// wait counted by reason) or refuses it (counted as a call saved).
-    async fn admit(&self, endpoint: Endpoint, waba: &str) -> Result<(), GraphError> {
+    async fn admit(&self, endpoint: Endpoint, waba: &str) -> Result<(), Refusal> {
         let mut waited: Vec<WaitReason> = Vec::new();
         loop {
             let now = Instant::now();
@@ -301,8 +304,8 @@ impl GraphClient {
                     self.telemetry.rate_limit_waited(reason, wait, first);
                 }
                 Decision::Refuse(refusal) => {
-                    self.telemetry.call_saved(refusal.label());
-                    return Err(refusal_error(refusal, waba));
+                    self.telemetry.call_refused(refusal);
+                    return Err(refusal);
                 }
             }
         }
@@ -316,13 +319,21 @@ impl GraphClient {
         waba: &str,
         url: Url,
         parse: impl Fn(&[u8]) -> Result<T, GraphError>,
-    ) -> Result<T, GraphError> {
+    ) -> Result<T, CallError> {
         let mut attempt: u32 = 0;
         // Held while this call waits to retry after throttling (see
         // `Governor::claim_throttle_retry`); given back when dropped.
         let mut throttle_retry: Option<ThrottleRetry<'_>> = None;
+        let mut last_error: Option<GraphError> = None;
         loop {
-            self.admit(endpoint, waba).await?;
+            if let Err(refusal) = self.admit(endpoint, waba).await {
+                // A retry the governor refused ends the call with the error
+                // that called for the retry: Graph was called, and failed.
+                return Err(match last_error {
+                    Some(e) => CallError::Failed(e),
+                    None => CallError::Refused(refusal),
+                });
+            }
             let started = Instant::now();
             let (result, header_trace) = self.attempt(&url).await;
             // The retry after throttling, if this was one, has been made.
@@ -347,21 +358,21 @@ impl GraphClient {
             };
             debug!(endpoint = endpoint.label(), path = url.path(), attempt, error = %e, "graph call failed");
             if !e.class.is_retryable() {
-                return Err(e);
+                return Err(e.into());
             }
             // Throttling: the pause is client-wide and the retry's admission waits
             // it out (or is refused when it is too long); no sleep here.
             if attempt >= self.max_retries {
-                return Err(e);
+                return Err(e.into());
             }
             let wait = match (e.class, e.regain_after) {
                 (ErrorClass::Throttled, _) => match self.paused_for() {
-                    Some(left) if left > MAX_IN_CALL_WAIT => return Err(e),
+                    Some(left) if left > MAX_IN_CALL_WAIT => return Err(e.into()),
                     _ => {
                         if !self.governor().claim_throttle_retry() {
                             // Another throttled call is already waiting to try
                             // again; one retry tells for all of them.
-                            return Err(e);
+                            return Err(e.into());
                         }
                         throttle_retry = Some(ThrottleRetry(self));
                         Duration::ZERO
@@ -371,6 +382,7 @@ impl GraphClient {
             };
             self.telemetry.retry(endpoint.label());
             tokio::time::sleep(wait).await;
+            last_error = Some(e);
             attempt += 1;
         }
     }
@@ -491,36 +503,6 @@ impl GraphClient {
             e.message = e.message.replace(t, "<redacted>");
         }
         e
-    }
-}
-
-/// The error a refused call ends in. A long throttle pause stays `Throttled`
-/// (it halts the poll, as the throttled answer did).
-fn refusal_error(refusal: Refusal, waba: &str) -> GraphError {
-    match refusal {
-        Refusal::ThrottlePause { left } => {
-            let mut e = GraphError::new(
-                ErrorClass::Throttled,
-                format!(
-                    "not calling Graph: paused after throttling for {}s more",
-                    left.as_secs()
-                ),
-            );
-            e.regain_after = Some(left);
-            e
-        }
-        Refusal::UsageHigh => GraphError::new(
-            ErrorClass::UsageHigh,
-            format!(
-                "not calling Graph: rate-limit usage for WABA {waba} is at or above rate_limit.stop_at"
-            ),
-        ),
-        Refusal::Budget => GraphError::new(
-            ErrorClass::Budget,
-            format!(
-                "not calling Graph: WABA {waba} used its rate_limit.waba_calls_per_hour in the last 60 minutes"
-            ),
-        ),
     }
 }
 

@@ -1,15 +1,17 @@
 //! Pure decisions of a poll, with no I/O and no clock of their own: which window
-//! to ask Graph for, which period of an answer to show, and how one answer turns
-//! a cell of the snapshot into its next state.
+//! to ask Graph for, which period of an answer to show, what one call's result
+//! means for the rest of the poll ([`PollPolicy`]), and how one result turns a
+//! cell of the snapshot into its next state.
 
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::config::GranularityConfig;
-use crate::error::{ErrorClass, GraphError};
+use crate::error::{CallError, ErrorClass};
 use crate::model::{DataPoint, Granularity};
-use crate::snapshot::{Cell, CellStatus};
+use crate::ratelimit::Refusal;
+use crate::snapshot::{Cell, CellStatus, FailureClass};
 
 /// The `since` date to send: the UTC date `lookback` before now, so the answer
 /// holds whole periods back to there. `until` is never sent: Graph then uses the
@@ -43,39 +45,150 @@ pub fn select_period(
         .max_by_key(|p| p.start)
 }
 
-/// The next state of one (flow, metric) cell after a poll answered `answer`.
+/// Why a poll stopped calling Graph: every further call would fail the same
+/// way, whatever its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// Graph rejected the access token (190).
+    Token,
+    /// The Metrics API is not served in this API version.
+    ApiGone,
+    /// Graph throttled the app, or the client is paused after it did.
+    Throttled,
+    /// Network failures in a row: Graph is unreachable or hangs.
+    Unreachable,
+}
+
+impl Halt {
+    pub fn label(self) -> &'static str {
+        match self {
+            Halt::Token => "token",
+            Halt::ApiGone => "api_gone",
+            Halt::Throttled => "throttled",
+            Halt::Unreachable => "graph_unreachable",
+        }
+    }
+}
+
+/// Why a poll did not make a call; the `reason` of `graph_calls_saved_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The poll had stopped (see [`Halt`]).
+    PollHalted(Halt),
+}
+
+impl SkipReason {
+    /// Every `reason` label a skip can have.
+    pub const LABELS: [&'static str; 1] = ["poll_halted"];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::PollHalted(_) => "poll_halted",
+        }
+    }
+}
+
+/// One call a poll plans: the flow and the WABA key its calls count against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub flow_id: &'a str,
+    pub waba: &'a str,
+}
+
+/// Network failures in a row (refused, reset, timed out, cut off) after which a
+/// poll stops calling Graph.
+const NETWORK_HALT_AFTER: u32 = 3;
+
+/// What one call's result means for the rest of its poll: fed every result
+/// (`record`) and asked before every call (`check`). Plain decisions over
+/// plain data; the poll does the I/O.
+#[derive(Debug, Default)]
+pub struct PollPolicy {
+    halt: Option<Halt>,
+    network_streak: u32,
+}
+
+impl PollPolicy {
+    pub fn new() -> PollPolicy {
+        PollPolicy::default()
+    }
+
+    /// Whether to make the call for `target` now: `None` to go ahead, or why not.
+    pub fn check(&self, _target: Target<'_>) -> Option<SkipReason> {
+        self.halt.map(SkipReason::PollHalted)
+    }
+
+    /// Takes in the result of a call that was made.
+    pub fn record(&mut self, _target: Target<'_>, result: Result<(), &CallError>) {
+        let halt = match result {
+            Ok(()) => None,
+            Err(CallError::Refused(Refusal::ThrottlePause)) => Some(Halt::Throttled),
+            Err(CallError::Refused(_)) => None,
+            Err(CallError::Failed(e)) => match e.class {
+                ErrorClass::Token => Some(Halt::Token),
+                ErrorClass::ApiGone => Some(Halt::ApiGone),
+                ErrorClass::Throttled => Some(Halt::Throttled),
+                _ => None,
+            },
+        };
+        let network = matches!(result, Err(e) if e.class() == Some(ErrorClass::Network));
+        self.network_streak = if network { self.network_streak + 1 } else { 0 };
+        let halt =
+            halt.or((self.network_streak >= NETWORK_HALT_AFTER).then_some(Halt::Unreachable));
+        if self.halt.is_none() {
+            self.halt = halt;
+        }
+    }
+
+    /// Why the poll stopped calling Graph, if it did.
+    pub fn halt(&self) -> Option<Halt> {
+        self.halt
+    }
+}
+
+/// What became of one planned call of a poll.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallOutcome {
+    /// Graph answered; the settled period to show, if there is one.
+    Answered(Option<DataPoint>),
+    /// The call was refused or failed.
+    Failed(CallError),
+    /// The poll did not make the call.
+    NotAttempted(SkipReason),
+}
+
+/// The next state of one (flow, metric) cell after a poll's `outcome`.
 ///
 /// - A settled period replaces whatever was shown.
 /// - An answer without a settled period shows nothing (the API said so).
 /// - 139006 shows nothing: no numbers are invented for a flow under the threshold.
-/// - Any other error keeps the last good value, marked stale, so one bad poll
-///   does not blank a dashboard; the error class is recorded.
-pub fn next_cell(
-    previous: Option<&Cell>,
-    answer: Result<Option<DataPoint>, &GraphError>,
-    now: DateTime<Utc>,
-) -> Cell {
-    match answer {
-        Ok(Some(point)) => Cell {
-            shown: Some(point),
+/// - Any other error, a refused call and a call not made keep the last good
+///   value, marked stale, so one bad poll does not blank a dashboard; why is
+///   recorded.
+pub fn next_cell(previous: Option<&Cell>, outcome: &CallOutcome, now: DateTime<Utc>) -> Cell {
+    let failed = |why: FailureClass| Cell {
+        shown: previous.and_then(|c| c.shown.clone()),
+        status: CellStatus::Failed(why),
+        last_success: previous.and_then(|c| c.last_success),
+    };
+    match outcome {
+        CallOutcome::Answered(Some(point)) => Cell {
+            shown: Some(point.clone()),
             status: CellStatus::Fresh,
             last_success: Some(now),
         },
-        Ok(None) => Cell {
+        CallOutcome::Answered(None) => Cell {
             shown: None,
             status: CellStatus::NoSettledPeriod,
             last_success: Some(now),
         },
-        Err(e) if e.class == ErrorClass::InsufficientData => Cell {
+        CallOutcome::Failed(e) if e.class() == Some(ErrorClass::InsufficientData) => Cell {
             shown: None,
             status: CellStatus::InsufficientData,
             last_success: Some(now),
         },
-        Err(e) => Cell {
-            shown: previous.and_then(|c| c.shown.clone()),
-            status: CellStatus::Failed(e.class),
-            last_success: previous.and_then(|c| c.last_success),
-        },
+        CallOutcome::Failed(e) => failed(FailureClass::from(e)),
+        CallOutcome::NotAttempted(_) => failed(FailureClass::NotAttempted),
     }
 }
 
@@ -83,6 +196,12 @@ pub fn next_cell(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    fn failed(class: ErrorClass) -> CallOutcome {
+        CallOutcome::Failed(CallError::Failed(crate::error::GraphError::new(
+            class, "test",
+        )))
+    }
 
     fn at(d: u32, h: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2024, 1, d, h, 0, 0).unwrap()
@@ -163,17 +282,24 @@ mod tests {
 
     #[test]
     fn cell_transitions() {
-        let good = next_cell(None, Ok(Some(point(at(30, 1), 5.0))), at(30, 5));
+        let good = next_cell(
+            None,
+            &CallOutcome::Answered(Some(point(at(30, 1), 5.0))),
+            at(30, 5),
+        );
         assert_eq!(good.status, CellStatus::Fresh);
 
-        let throttled = GraphError::new(ErrorClass::Throttled, "slow down");
-        let stale = next_cell(Some(&good), Err(&throttled), at(30, 6));
-        assert_eq!(stale.status, CellStatus::Failed(ErrorClass::Throttled));
+        let throttled = failed(ErrorClass::Throttled);
+        let stale = next_cell(Some(&good), &throttled, at(30, 6));
+        assert_eq!(
+            stale.status,
+            CellStatus::Failed(FailureClass::Graph(ErrorClass::Throttled))
+        );
         assert_eq!(stale.shown, good.shown, "last good value is kept");
         assert_eq!(stale.last_success, Some(at(30, 5)));
 
-        let few = GraphError::new(ErrorClass::InsufficientData, "not enough data");
-        let insufficient = next_cell(Some(&good), Err(&few), at(30, 7));
+        let few = failed(ErrorClass::InsufficientData);
+        let insufficient = next_cell(Some(&good), &few, at(30, 7));
         assert_eq!(insufficient.status, CellStatus::InsufficientData);
         assert_eq!(
             insufficient.shown, None,
@@ -181,7 +307,30 @@ mod tests {
         );
         assert_eq!(insufficient.last_success, Some(at(30, 7)));
 
-        let empty = next_cell(Some(&good), Ok(None), at(30, 8));
+        let empty = next_cell(Some(&good), &CallOutcome::Answered(None), at(30, 8));
         assert_eq!(empty.shown, None);
+
+        let refused = next_cell(
+            Some(&good),
+            &CallOutcome::Failed(CallError::Refused(Refusal::Budget)),
+            at(30, 9),
+        );
+        assert_eq!(
+            (refused.status, refused.last_success),
+            (
+                CellStatus::Failed(FailureClass::Refused(Refusal::Budget)),
+                Some(at(30, 5))
+            )
+        );
+        let skipped = next_cell(
+            Some(&good),
+            &CallOutcome::NotAttempted(SkipReason::PollHalted(Halt::Token)),
+            at(30, 9),
+        );
+        assert_eq!(
+            skipped.status,
+            CellStatus::Failed(FailureClass::NotAttempted)
+        );
+        assert_eq!(skipped.shown, good.shown, "last good value is kept");
     }
 }

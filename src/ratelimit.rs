@@ -70,10 +70,10 @@ impl WaitReason {
 }
 
 /// Why a call was not made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Refusal {
     /// The client is paused after throttling for longer than a call waits.
-    ThrottlePause { left: Duration },
+    ThrottlePause,
     /// Usage is at or above `stop_at` and the next probe is not due.
     UsageHigh,
     /// The WABA's calls in the last 60 minutes reached `waba_calls_per_hour`.
@@ -81,10 +81,26 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The `reason` label of `graph_calls_saved_total`.
+    pub const ALL: [Refusal; 3] = [Refusal::ThrottlePause, Refusal::UsageHigh, Refusal::Budget];
+
+    /// What the refusal means, for logs and errors.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::ThrottlePause => "paused after Graph throttled, for longer than a call waits",
+            Refusal::UsageHigh => {
+                "the rate-limit usage Graph reported is at or above rate_limit.stop_at"
+            }
+            Refusal::Budget => {
+                "the WABA used its rate_limit.waba_calls_per_hour in the last 60 minutes"
+            }
+        }
+    }
+
+    /// The `reason` label of `graph_calls_saved_total`, and the `class` of a
+    /// cell whose call was refused.
     pub fn label(self) -> &'static str {
         match self {
-            Refusal::ThrottlePause { .. } => "throttle_pause",
+            Refusal::ThrottlePause => "throttle_pause",
             Refusal::UsageHigh => "usage_high",
             Refusal::Budget => "budget",
         }
@@ -339,7 +355,7 @@ impl Governor {
                     reason: WaitReason::Throttle,
                 }
             } else {
-                Decision::Refuse(Refusal::ThrottlePause { left })
+                Decision::Refuse(Refusal::ThrottlePause)
             };
         }
         if let Some(budget) = self.cfg.waba_calls_per_hour {
@@ -731,9 +747,7 @@ mod tests {
         g.throttled(t1, Some(Duration::from_secs(300)), 10 * MS, 1.0);
         assert_eq!(
             g.decide(A, t1 + Duration::from_secs(100)),
-            Decision::Refuse(Refusal::ThrottlePause {
-                left: Duration::from_secs(200)
-            })
+            Decision::Refuse(Refusal::ThrottlePause)
         );
         assert_eq!(g.paused_for(t1 + Duration::from_secs(300)), None);
         // Without an estimate the backoff doubles with each throttled answer in a

@@ -7,8 +7,42 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::config::StaticFlow;
-use crate::error::{ErrorClass, GraphError};
+use crate::error::{CallError, ErrorClass};
 use crate::model::{DataPoint, Flow, FlowSource, FlowStatus, Granularity, MetricKind};
+use crate::ratelimit::Refusal;
+
+/// Why a call got no answer (a cell's last poll, a WABA's last listing): the
+/// `class` label of `flow_failing_metrics`, `flow_errors_total` and
+/// `discovery_failing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureClass {
+    /// The call was made and failed this way.
+    Graph(ErrorClass),
+    /// The rate-limit governor refused the call: it was not sent.
+    Refused(Refusal),
+    /// The poll did not make the call (it had stopped, or gave up on the
+    /// flow or its WABA); the reason is in the log.
+    NotAttempted,
+}
+
+impl FailureClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureClass::Graph(class) => class.label(),
+            FailureClass::Refused(refusal) => refusal.label(),
+            FailureClass::NotAttempted => "not_attempted",
+        }
+    }
+}
+
+impl From<&CallError> for FailureClass {
+    fn from(e: &CallError) -> FailureClass {
+        match e {
+            CallError::Failed(e) => FailureClass::Graph(e.class),
+            CallError::Refused(r) => FailureClass::Refused(*r),
+        }
+    }
+}
 
 /// How the last poll of one (flow, metric, granularity) went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +53,8 @@ pub enum CellStatus {
     NoSettledPeriod,
     /// Graph answered 139006: fewer than 250 requests.
     InsufficientData,
-    /// The call failed; the last good value (if any) is still shown, stale.
-    Failed(ErrorClass),
+    /// No answer; the last good value (if any) is still shown, stale.
+    Failed(FailureClass),
 }
 
 /// One (flow, metric) of one granularity.
@@ -45,7 +79,7 @@ pub type Cells = BTreeMap<(String, MetricKind), Cell>;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct WabaState {
     pub last_success: Option<DateTime<Utc>>,
-    pub last_error: Option<ErrorClass>,
+    pub last_error: Option<FailureClass>,
 }
 
 /// Everything the exporter shows.
@@ -58,7 +92,7 @@ pub struct Snapshot {
     /// When the last poll of each granularity finished.
     pub polled_at: BTreeMap<Granularity, DateTime<Utc>>,
     /// Failed calls by flow and class since start (or since the flow reappeared).
-    pub errors_total: BTreeMap<(String, ErrorClass), u64>,
+    pub errors_total: BTreeMap<(String, FailureClass), u64>,
 }
 
 impl Snapshot {
@@ -77,7 +111,7 @@ impl Snapshot {
     pub fn apply_discovery(
         &mut self,
         statics: &[StaticFlow],
-        results: Vec<(String, Result<Vec<Flow>, GraphError>)>,
+        results: Vec<(String, Result<Vec<Flow>, CallError>)>,
         now: DateTime<Utc>,
     ) {
         let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
@@ -95,7 +129,7 @@ impl Snapshot {
                     }
                 }
                 Err(e) => {
-                    state.last_error = Some(e.class);
+                    state.last_error = Some(FailureClass::from(&e));
                     for f in self.flows.values().filter(|f| f.waba_id == waba) {
                         flows.insert(f.id.clone(), f.clone());
                     }

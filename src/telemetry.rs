@@ -15,6 +15,7 @@ use prometheus::{
 
 use crate::error::{ApiHealth, Endpoint, Outcome, Validity};
 use crate::graph::wire::Usage;
+use crate::poll::SkipReason;
 use crate::ratelimit::{Refusal, WabaState, WaitReason};
 
 /// How a finished poll went, as the `result` label of `polls_total`.
@@ -350,7 +351,8 @@ impl Telemetry {
     /// What Graph last said of the access token and of the Metrics API; set
     /// by the Graph client, which owns that state.
     pub fn set_api_health(&self, health: ApiHealth) {
-        self.token_valid.set(i64::from(health.token != Validity::Rejected));
+        self.token_valid
+            .set(i64::from(health.token != Validity::Rejected));
         self.api_available
             .set(i64::from(health.metrics_api != Validity::Rejected));
     }
@@ -367,17 +369,10 @@ impl Telemetry {
             self.graph_requests
                 .with_label_values(&[endpoint, "success"]);
         }
-        let refusals = [
-            Refusal::ThrottlePause {
-                left: Duration::ZERO,
-            },
-            Refusal::UsageHigh,
-            Refusal::Budget,
-        ];
-        for reason in refusals
+        for reason in Refusal::ALL
             .iter()
             .map(|r| r.label())
-            .chain(std::iter::once("poll_halted"))
+            .chain(SkipReason::LABELS)
         {
             self.calls_saved.with_label_values(&[reason]);
         }
@@ -440,12 +435,16 @@ impl Telemetry {
         self.graph_retries.with_label_values(&[endpoint]).inc();
     }
 
-    pub fn call_saved(&self, reason: &str) {
-        self.calls_saved.with_label_values(&[reason]).inc();
+    /// The governor refused a call.
+    pub fn call_refused(&self, refusal: Refusal) {
+        self.calls_saved.with_label_values(&[refusal.label()]).inc();
     }
 
-    pub fn calls_saved_by(&self, reason: &str, n: u64) {
-        self.calls_saved.with_label_values(&[reason]).inc_by(n);
+    /// A poll's policy did not make `n` calls, for `reason`.
+    pub fn calls_not_attempted(&self, reason: SkipReason, n: u64) {
+        self.calls_saved
+            .with_label_values(&[reason.label()])
+            .inc_by(n);
     }
 
     pub fn record_usage(&self, u: &Usage) {

@@ -29,7 +29,9 @@ async fn paging_with_an_empty_page_finds_every_flow() {
         );
     }
     // Paging was followed: more listing calls than WABAs.
-    let calls = ex.telemetry().graph_requests(Endpoint::Flows, Outcome::Success);
+    let calls = ex
+        .telemetry()
+        .graph_requests(Endpoint::Flows, Outcome::Success);
     assert!(calls > 2, "listing took {calls} calls; paging not followed");
 }
 
@@ -42,7 +44,11 @@ async fn paging_next_is_followed_against_the_configured_base() {
     let ex = exporter(&sb.base_url);
     ex.discover().await;
     assert_eq!(ex.snapshot().flows.len(), sb.sandbox.flows().len());
-    assert_eq!(ex.telemetry().graph_requests(Endpoint::Flows, Outcome::Failed(ErrorClass::Network)), 0);
+    assert_eq!(
+        ex.telemetry()
+            .graph_requests(Endpoint::Flows, Outcome::Failed(ErrorClass::Network)),
+        0
+    );
 }
 
 #[tokio::test]

@@ -74,6 +74,9 @@ struct Case {
     says: Option<&'static str>,
     /// Failure log lines when not one per hit cell (halting classes: 1).
     lines: Option<usize>,
+    /// Hit cells called before the poll stopped (in call order); the others
+    /// were not attempted. `None`: every hit cell was called.
+    called: Option<usize>,
 }
 
 impl Case {
@@ -89,6 +92,7 @@ impl Case {
             settle: Duration::ZERO,
             says: None,
             lines: None,
+            called: None,
         }
     }
 
@@ -107,14 +111,18 @@ impl Case {
         self
     }
 
+    /// The first call's answer stops the poll: one cell has the class, the
+    /// others were not attempted.
     fn halting(mut self) -> Case {
         self.lines = Some(1);
+        self.called = Some(1);
         self
     }
 
     /// A network failure of every call: the poll stops after three in a row.
     fn unreachable(mut self) -> Case {
         self.lines = Some(3);
+        self.called = Some(3);
         self
     }
 }
@@ -594,6 +602,15 @@ fn data_lines(text: &str) -> Vec<String> {
     lines
 }
 
+/// The polled cells in the order a poll calls them (one call at a time).
+fn call_order(cells: &[(String, String)]) -> Vec<(String, String)> {
+    let flows: std::collections::BTreeSet<&String> = cells.iter().map(|(f, _)| f).collect();
+    flows
+        .into_iter()
+        .flat_map(|flow| MetricKind::ALL.map(|m| (flow.clone(), m.label().to_owned())))
+        .collect()
+}
+
 fn affected(scope: Scope, flow: &str, metric: &str) -> bool {
     match scope {
         Scope::Cell => flow == FLOW && metric == "endpoint_request_count",
@@ -646,11 +663,19 @@ async fn check_fault(case: &Case) -> Duration {
         &text,
         "whatsapp_flows_exporter_last_success_timestamp_seconds",
     );
-    let mut failing: BTreeMap<&str, f64> = BTreeMap::new();
-    for (flow, metric) in &cells {
+    // By (flow, class): the hit cells called have the case's class, those the
+    // poll did not make are not_attempted.
+    let mut failing: BTreeMap<(String, &str), f64> = BTreeMap::new();
+    let mut hit = 0;
+    for (flow, metric) in &call_order(&cells) {
         let key = (flow.clone(), metric.clone());
         if affected(case.scope, flow, metric) {
-            *failing.entry(flow.as_str()).or_default() += 1.0;
+            hit += 1;
+            let class = match case.called {
+                Some(n) if hit > n => "not_attempted",
+                _ => case.class,
+            };
+            *failing.entry((flow.clone(), class)).or_default() += 1.0;
             let expected = if had_value.contains_key(&key) {
                 1.0
             } else {
@@ -669,10 +694,9 @@ async fn check_fault(case: &Case) -> Duration {
     }
     let mut expected_failing: Vec<String> = failing
         .iter()
-        .map(|(flow, n)| {
+        .map(|((flow, class), n)| {
             format!(
-                "whatsapp_flows_exporter_flow_failing_metrics{{flow_id=\"{flow}\",class=\"{}\"}} {n}",
-                case.class
+                "whatsapp_flows_exporter_flow_failing_metrics{{flow_id=\"{flow}\",class=\"{class}\"}} {n}"
             )
         })
         .collect();
@@ -680,13 +704,12 @@ async fn check_fault(case: &Case) -> Duration {
     let mut shown_failing = samples(&text, "whatsapp_flows_exporter_flow_failing_metrics");
     shown_failing.sort();
     assert_eq!(shown_failing, expected_failing, "{name}: failing metrics");
-    for (flow, n) in &failing {
+    for ((flow, class), n) in &failing {
         assert_eq!(
             value(
                 &text,
                 &format!(
-                    "whatsapp_flows_exporter_flow_errors_total{{flow_id=\"{flow}\",class=\"{}\"}}",
-                    case.class
+                    "whatsapp_flows_exporter_flow_errors_total{{flow_id=\"{flow}\",class=\"{class}\"}}"
                 )
             ),
             Some(*n),
@@ -703,7 +726,7 @@ async fn check_fault(case: &Case) -> Duration {
         .iter()
         .filter(|l| l.contains("metric poll failed"))
         .collect();
-    let expected_lines = case.lines.unwrap_or(failing.values().sum::<f64>() as usize);
+    let expected_lines = case.lines.unwrap_or(hit);
     assert_eq!(failures.len(), expected_lines, "{name}: {logs:#?}");
     for line in &failures {
         assert!(
@@ -901,12 +924,13 @@ async fn long_throttle_pauses_every_call() {
     );
     assert_eq!(data_lines(&text), data, "every value kept");
     assert_eq!(
-        samples(&text, "whatsapp_flows_exporter_flow_failing_metrics")
-            .iter()
-            .filter(|l| l.contains("class=\"throttled\""))
-            .count(),
-        6,
-        "every polled flow shows it is throttled"
+        failing_by_class(&text),
+        [
+            ("not_attempted".to_owned(), 29.0),
+            ("throttle_pause".to_owned(), 1.0)
+        ]
+        .into(),
+        "the one call refused for the pause, the others not attempted"
     );
 }
 

@@ -309,3 +309,23 @@ pub async fn raw(addr: &str, request: &[u8]) -> String {
     .await;
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// `flow_failing_metrics` summed over flows, by class.
+pub fn failing_by_class(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut by_class = std::collections::BTreeMap::new();
+    for line in samples(text, "whatsapp_flows_exporter_flow_failing_metrics{") {
+        let class = line
+            .split("class=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a class label")
+            .to_owned();
+        let v: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a value");
+        *by_class.entry(class).or_default() += v;
+    }
+    by_class
+}
