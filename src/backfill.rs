@@ -34,7 +34,7 @@ pub mod window;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
@@ -47,8 +47,9 @@ use crate::error::{CallError, Endpoint, ErrorClass, Outcome};
 use crate::flowdata;
 use crate::graph::GraphClient;
 use crate::model::{Clock, Granularity, MetricKind};
-use crate::ratelimit::Refusal;
-use crate::snapshot::Snapshot;
+use crate::poll::{Halt, PollPolicy, SkipReason, Target};
+use crate::ratelimit::{Refusal, waba_key};
+use crate::snapshot::{FailureClass, Snapshot};
 use crate::telemetry::Telemetry;
 
 use self::progress::Progress;
@@ -105,7 +106,7 @@ pub struct Skip {
     pub metric: MetricKind,
     pub granularity: Granularity,
     pub chunk: Chunk,
-    pub class: ErrorClass,
+    pub class: FailureClass,
     pub message: String,
 }
 
@@ -141,10 +142,10 @@ pub struct Summary {
     pub flows: usize,
     pub granularities: BTreeMap<Granularity, GranularitySummary>,
     pub samples: u64,
-    /// Skipped windows by error class.
-    pub skipped: BTreeMap<ErrorClass, u64>,
-    /// Skipped windows by flow and error class, with the first of them.
-    pub skipped_by_flow: BTreeMap<(String, ErrorClass), (u64, Skip)>,
+    /// Skipped windows by class.
+    pub skipped: BTreeMap<FailureClass, u64>,
+    /// Skipped windows by flow and class, with the first of them.
+    pub skipped_by_flow: BTreeMap<(String, FailureClass), (u64, Skip)>,
     /// Graph calls by outcome (`success` or an error class).
     pub graph_calls: BTreeMap<String, u64>,
     pub throttle_waits: u64,
@@ -153,12 +154,29 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
+/// Windows skipped because Graph answered 139006.
+const INSUFFICIENT: FailureClass = FailureClass::Graph(ErrorClass::InsufficientData);
+
+/// The exit status of a backfill that ran to the end but lost windows to
+/// errors (not to 139006); `--allow-partial` makes it 0.
+pub const EXIT_PARTIAL: u8 = 3;
+
 /// Flows listed one by one under "skipped" in the summary.
 const MAX_SKIP_LINES: usize = 20;
 
 impl Summary {
     pub fn graph_calls_total(&self) -> u64 {
         self.graph_calls.values().sum()
+    }
+
+    /// Windows lost to errors: skipped for any reason but 139006 (too few
+    /// requests, which is what Graph has, not a loss).
+    pub fn lost(&self) -> u64 {
+        self.skipped
+            .iter()
+            .filter(|(class, _)| **class != INSUFFICIENT)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn record_skip(&mut self, skip: Skip) {
@@ -198,11 +216,11 @@ impl fmt::Display for Summary {
             let by_class: Vec<String> = self
                 .skipped
                 .iter()
-                .map(|(class, n)| match class {
-                    ErrorClass::InsufficientData => {
+                .map(|(class, n)| match *class {
+                    INSUFFICIENT => {
                         format!("{n} insufficient data (139006, fewer than 250 requests)")
                     }
-                    other => format!("{n} {other}"),
+                    other => format!("{n} {}", other.label()),
                 })
                 .collect();
             writeln!(
@@ -211,7 +229,7 @@ impl fmt::Display for Summary {
                 by_class.join(", ")
             )?;
             for ((flow, class), (n, first)) in self.skipped_by_flow.iter().take(MAX_SKIP_LINES) {
-                if *class == ErrorClass::InsufficientData {
+                if *class == INSUFFICIENT {
                     writeln!(
                         f,
                         "               flow {flow}: {n} windows, insufficient data (139006)"
@@ -219,7 +237,8 @@ impl fmt::Display for Summary {
                 } else {
                     writeln!(
                         f,
-                        "               flow {flow}: {n} windows, {class}; first: {first}"
+                        "               flow {flow}: {n} windows, {}; first: {first}",
+                        class.label()
                     )?;
                 }
             }
@@ -342,11 +361,17 @@ pub async fn run(
     // The flows, as the live exporter finds them.
     let mut results = Vec::with_capacity(config.wabas.len());
     for waba in &config.wabas {
-        let flows = client
+        let listing = client
             .list_flows(waba)
             .await
             .map_err(|e| anyhow::anyhow!("cannot list the flows of WABA {waba}: {e}"))?;
-        results.push((waba.clone(), Ok(flows)));
+        for why in listing.skipped.iter().take(5) {
+            warn!(waba_id = %waba, why = %why, "listing entry skipped: not a flow");
+        }
+        if let Some(t) = listing.truncated {
+            warn!(waba_id = %waba, flows = listing.flows.len(), why = %t.describe(), "flow listing cut short; backfilling the flows of the pages read");
+        }
+        results.push((waba.clone(), Ok(listing)));
     }
     let mut snapshot = Snapshot::default();
     snapshot.apply_discovery(&config.flows, results, now);
@@ -386,7 +411,7 @@ pub async fn run(
 
     // Producer: fetches histories in the order they are written, a few ahead.
     let concurrency = config.graph.max_concurrency.max(1);
-    let (tx, mut rx) = mpsc::channel::<Result<Fetched, CallError>>(concurrency);
+    let (tx, mut rx) = mpsc::channel::<Result<Fetched, Stopped>>(concurrency);
     let jobs: Vec<(MetricKind, (String, String), Plan)> = MetricKind::ALL
         .into_iter()
         .flat_map(|m| {
@@ -399,18 +424,21 @@ pub async fn run(
             })
         })
         .collect();
-    let retry_backoff = config.graph.retry_backoff;
+    let fetcher = Arc::new(Fetcher {
+        client: client.clone(),
+        policy: Mutex::new(PollPolicy::new()),
+        progress: progress.clone(),
+        retry_backoff: config.graph.retry_backoff,
+        unknown_error_types: config.limits.unknown_error_types,
+    });
     let producer = {
-        let client = client.clone();
-        let progress = progress.clone();
         tokio::spawn(async move {
             let mut fetches = futures_util::stream::iter(jobs)
                 .map(|(metric, (flow_id, waba_id), plan)| {
-                    let client = client.clone();
-                    let progress = progress.clone();
+                    let fetcher = fetcher.clone();
                     async move {
                         let flow = FlowRef { flow_id, waba_id };
-                        fetch_history(&client, &progress, retry_backoff, flow, metric, &plan).await
+                        fetch_history(&fetcher, flow, metric, &plan).await
                     }
                 })
                 .buffered(concurrency);
@@ -460,29 +488,29 @@ enum Sink {
 }
 
 async fn consume(
-    rx: &mut mpsc::Receiver<Result<Fetched, CallError>>,
+    rx: &mut mpsc::Receiver<Result<Fetched, Stopped>>,
     sink: &mut Sink,
     summary: &mut Summary,
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let mut family: Option<MetricKind> = None;
     while let Some(fetched) = rx.recv().await {
-        let fetched = fetched.map_err(|e| {
+        let fetched = fetched.map_err(|stop| {
             anyhow::anyhow!(
-                "backfill stopped: {e}{}",
-                match &e {
-                    CallError::Failed(e) => match e.class {
-                        ErrorClass::Token => " (the access token is invalid or expired)",
-                        ErrorClass::ApiGone =>
-                            " (the Metrics API is not served for this API version)",
-                        ErrorClass::Throttled =>
-                            " (Graph kept throttling; run again later, the backfill is idempotent)",
-                        _ => "",
-                    },
-                    CallError::Refused(Refusal::ThrottlePause) =>
+                "backfill stopped: {}{}{}",
+                stop.halt.describe(),
+                match &stop.error {
+                    Some(e) => format!(": {e}"),
+                    None => String::new(),
+                },
+                match stop.halt {
+                    Halt::Token =>
+                        " (put a valid token where graph.access_token_env or _file says)",
+                    Halt::ApiGone => " (set graph.api_version to a version that serves it)",
+                    Halt::Throttled =>
                         " (Graph kept throttling; run again later, the backfill is idempotent)",
-                    CallError::Refused(_) =>
-                        " (the [rate_limit] settings stop further calls; run again later, the backfill is idempotent)",
+                    Halt::Unreachable | Halt::Failing =>
+                        " (run again once Graph answers; the backfill is idempotent)",
                 }
             )
         })?;
@@ -517,23 +545,78 @@ struct FlowRef {
     waba_id: String,
 }
 
-/// Fetches every chunk of one flow, metric and granularity, oldest first.
-/// Per-window failures become skips; a failure that would repeat for every
-/// later call (token, API gone, throttling that does not end) is returned.
-async fn fetch_history(
-    client: &GraphClient,
-    progress: &Progress,
+/// What every fetch of a run shares.
+struct Fetcher {
+    client: Arc<GraphClient>,
+    /// One policy for the whole run, as for one live poll.
+    policy: Mutex<PollPolicy>,
+    progress: Arc<Progress>,
     retry_backoff: Duration,
+    unknown_error_types: usize,
+}
+
+/// Why the run stopped: the policy the live polls use says Graph as a whole
+/// fails, with the error that made it say so.
+#[derive(Debug)]
+struct Stopped {
+    halt: Halt,
+    error: Option<CallError>,
+}
+
+/// Fetches every chunk of one flow, metric and granularity, oldest first.
+/// Throttling (of the app or the WABA) is waited out as Graph says, a few
+/// times. Then every result goes to the [`PollPolicy`] the live polls use,
+/// shared by all fetches of the run: a window it says not to call (the flow
+/// timed out, its WABA is throttled) and a failed window are skipped; when it
+/// says Graph as a whole fails, the run stops.
+async fn fetch_history(
+    run: &Fetcher,
     flow: FlowRef,
     metric: MetricKind,
     plan: &Plan,
-) -> Result<Fetched, CallError> {
+) -> Result<Fetched, Stopped> {
+    let Fetcher {
+        client,
+        policy,
+        progress,
+        retry_backoff,
+        unknown_error_types,
+    } = run;
+    let (retry_backoff, unknown_error_types) = (*retry_backoff, *unknown_error_types);
     let FlowRef { flow_id, waba_id } = flow;
+    let target = Target {
+        flow_id: &flow_id,
+        waba: waba_key(&waba_id),
+    };
     let g = plan.granularity;
     let mut points = Vec::new();
     let mut skipped = Vec::new();
     let mut throttle_waits = 0;
+    let lock = || policy.lock().unwrap_or_else(|e| e.into_inner());
     for chunk in &plan.chunks {
+        let skip = |class: FailureClass, message: String| Skip {
+            flow_id: flow_id.clone(),
+            metric,
+            granularity: g,
+            chunk: *chunk,
+            class,
+            message,
+        };
+        let verdict = lock().check(target);
+        match verdict {
+            Some(SkipReason::PollHalted(halt)) => return Err(Stopped { halt, error: None }),
+            Some(reason) => {
+                progress.call_done();
+                let s = skip(
+                    FailureClass::NotAttempted,
+                    format!("not attempted ({})", reason.label()),
+                );
+                debug!(window = %s, "window skipped");
+                skipped.push(s);
+                continue;
+            }
+            None => {}
+        }
         let mut waits = 0u32;
         let answer = loop {
             let answer = client
@@ -547,10 +630,14 @@ async fn fetch_history(
                 )
                 .await;
             let regain = match &answer {
-                Err(CallError::Failed(e)) if e.class == ErrorClass::Throttled => {
+                Err(CallError::Failed(e))
+                    if matches!(e.class, ErrorClass::Throttled | ErrorClass::WabaThrottled) =>
+                {
                     Some(e.regain_after)
                 }
-                Err(CallError::Refused(Refusal::ThrottlePause)) => Some(client.paused_for()),
+                Err(CallError::Refused(Refusal::ThrottlePause | Refusal::WabaThrottlePause)) => {
+                    Some(client.waba_paused_for(&waba_id))
+                }
                 _ => None,
             };
             match (answer, regain) {
@@ -565,40 +652,34 @@ async fn fetch_history(
             }
         };
         progress.call_done();
-        let skip = |class: ErrorClass, message: String| Skip {
-            flow_id: flow_id.clone(),
-            metric,
-            granularity: g,
-            chunk: *chunk,
-            class,
-            message,
+        let halt = {
+            let mut policy = lock();
+            policy.record(target, answer.as_ref().map(|_| ()));
+            policy.halt()
         };
         match answer {
-            Ok(answer) => match chunk_points(metric, plan, chunk, answer) {
+            Ok(answer) => match chunk_points(metric, plan, chunk, answer, unknown_error_types) {
                 Ok(kept) => points.extend(kept),
                 Err(message) => {
-                    let s = skip(ErrorClass::Malformed, message);
+                    let s = skip(FailureClass::Graph(ErrorClass::Malformed), message);
                     warn!(error = %s, "window skipped: malformed answer");
                     skipped.push(s);
                 }
             },
+            Err(e) if halt.is_some() => {
+                return Err(Stopped {
+                    halt: halt.unwrap_or(Halt::Failing),
+                    error: Some(e),
+                });
+            }
             Err(CallError::Failed(e)) if e.class == ErrorClass::InsufficientData => {
-                let s = skip(e.class, "insufficient data (139006)".to_owned());
+                let s = skip(INSUFFICIENT, "insufficient data (139006)".to_owned());
                 debug!(window = %s, "window skipped: fewer than 250 requests");
                 skipped.push(s);
             }
-            Err(e @ CallError::Refused(_)) => return Err(e),
-            Err(CallError::Failed(e))
-                if matches!(
-                    e.class,
-                    ErrorClass::Token | ErrorClass::ApiGone | ErrorClass::Throttled
-                ) =>
-            {
-                return Err(e.into());
-            }
-            Err(CallError::Failed(e)) => {
-                let s = skip(e.class, e.to_string());
-                warn!(window = %s, fbtrace_id = ?e.fbtrace_id, "window skipped");
+            Err(e) => {
+                let s = skip(FailureClass::from(&e), e.to_string());
+                warn!(window = %s, fbtrace_id = ?e.fbtrace_id(), "window skipped");
                 skipped.push(s);
             }
         }
@@ -626,11 +707,19 @@ fn chunk_points(
     plan: &Plan,
     chunk: &Chunk,
     answer: Vec<crate::model::DataPoint>,
+    unknown_error_types: usize,
 ) -> Result<Vec<(i64, flowdata::PointSamples)>, String> {
     answer
         .into_iter()
         .filter(|p| plan.keeps(chunk, p.start))
-        .map(|p| flowdata::point_samples(metric, &p.values).map(|s| (p.start.timestamp(), s)))
+        .map(|p| {
+            let values = if metric == MetricKind::RequestError {
+                flowdata::fold_error_types(p.values, unknown_error_types).0
+            } else {
+                p.values
+            };
+            flowdata::point_samples(metric, &values).map(|s| (p.start.timestamp(), s))
+        })
         .collect()
 }
 

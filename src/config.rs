@@ -19,6 +19,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9878";
 pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
 pub const DEFAULT_API_VERSION: &str = "v23.0";
 pub const DEFAULT_TOKEN_ENV: &str = "WHATSAPP_ACCESS_TOKEN";
+/// Default time limit of one Graph call, retries included (at least the
+/// request timeout).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A configuration problem: which key, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +124,27 @@ pub struct Config {
     /// Enabled granularities only, in `Granularity::ALL` order.
     pub granularities: Vec<GranularityConfig>,
     pub rate_limit: RateLimitConfig,
+    pub limits: Limits,
+}
+
+/// Bounds on what Graph's answers can make the exporter publish (`[limits]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Error types Meta does not document kept as their own `error_type` per
+    /// flow and period; the rest are summed into `other`.
+    pub unknown_error_types: usize,
+    /// Pages of one WABA's flow listing read at most; the flows of the pages
+    /// read are kept.
+    pub listing_pages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            unknown_error_types: 10,
+            listing_pages: 100,
+        }
+    }
 }
 
 /// How the Graph client paces itself (`[rate_limit]`); see `ratelimit::Governor`.
@@ -161,7 +185,11 @@ pub struct GraphConfig {
     pub base_url: String,
     pub api_version: String,
     pub token: TokenSource,
+    /// Time limit of one HTTP request to Graph.
     pub timeout: Duration,
+    /// Time limit of one call: its attempts, their retries and the backoff
+    /// between them (not the rate limit's waits before it goes out).
+    pub deadline: Duration,
     pub max_concurrency: usize,
     pub max_retries: u32,
     pub retry_backoff: Duration,
@@ -254,6 +282,40 @@ struct RawConfig {
     granularity: RawGranularities,
     #[serde(default)]
     rate_limit: RawRateLimit,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    unknown_error_types: Option<i64>,
+    listing_pages: Option<i64>,
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let unknown_error_types = match self.unknown_error_types {
+            None => d.unknown_error_types,
+            Some(n) if (0..=100).contains(&n) => n as usize,
+            Some(_) => {
+                return Err(err(
+                    "limits.unknown_error_types",
+                    "must be between 0 and 100",
+                ));
+            }
+        };
+        let listing_pages = match self.listing_pages {
+            None => d.listing_pages,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(_) => return Err(err("limits.listing_pages", "must be between 1 and 10000")),
+        };
+        Ok(Limits {
+            unknown_error_types,
+            listing_pages,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -281,6 +343,7 @@ struct RawGraph {
     access_token_env: Option<String>,
     access_token_file: Option<PathBuf>,
     timeout_seconds: Option<f64>,
+    deadline: Option<String>,
     max_concurrency: Option<i64>,
     max_retries: Option<i64>,
     retry_backoff_seconds: Option<f64>,
@@ -421,6 +484,7 @@ impl RawConfig {
         }
 
         let rate_limit = self.rate_limit.validate()?;
+        let limits = self.limits.validate()?;
 
         Ok(Config {
             path: None,
@@ -431,6 +495,7 @@ impl RawConfig {
             flows,
             granularities,
             rate_limit,
+            limits,
         })
     }
 }
@@ -561,6 +626,19 @@ impl RawGraph {
                 "must be more than 0 and at most 600",
             ));
         }
+        let timeout = Duration::from_secs_f64(timeout_seconds);
+        let deadline = match self.deadline {
+            Some(s) => parse_duration("graph.deadline", &s)?,
+            None => DEFAULT_DEADLINE.max(timeout),
+        };
+        if deadline < timeout || deadline > Duration::from_secs(3600) {
+            return Err(err(
+                "graph.deadline",
+                format!(
+                    "must be at least graph.timeout_seconds ({timeout_seconds}s) and at most 1h"
+                ),
+            ));
+        }
         let max_concurrency = self.max_concurrency.unwrap_or(4);
         if !(1..=64).contains(&max_concurrency) {
             return Err(err("graph.max_concurrency", "must be between 1 and 64"));
@@ -581,7 +659,8 @@ impl RawGraph {
             base_url,
             api_version,
             token,
-            timeout: Duration::from_secs_f64(timeout_seconds),
+            timeout,
+            deadline,
             max_concurrency: max_concurrency as usize,
             max_retries: max_retries as u32,
             retry_backoff: Duration::from_secs_f64(retry_backoff_seconds),

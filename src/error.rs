@@ -21,15 +21,20 @@ pub enum ErrorClass {
     Token,
     /// 10, 200-299: a permission is missing.
     Permission,
-    /// 4, 17, 32, 613, 80007, 80008.
+    /// 4, 17, 32, 613: Graph throttles the app; every call would be refused.
     Throttled,
+    /// 80007 (the WABA's rate limit), 80008 (the WhatsApp Business Management
+    /// use case's, counted per app and business object): Graph throttles the
+    /// calls for one WABA; other WABAs' calls go on.
+    WabaThrottled,
     /// 100 on the `metric` field: the Metrics API is not served in this version.
     ApiGone,
     /// 100 otherwise, e.g. the flow does not exist.
     InvalidRequest,
     /// 1, 2, `is_transient`, or a 5xx.
     Transient,
-    /// Connection refused, reset, timed out.
+    /// Connection refused, reset, timed out, an answer cut off (see
+    /// [`NetworkKind`]).
     Network,
     /// An answer that is not what Graph documents.
     Malformed,
@@ -38,11 +43,12 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 10] = [
+    pub const ALL: [ErrorClass; 11] = [
         ErrorClass::InsufficientData,
         ErrorClass::Token,
         ErrorClass::Permission,
         ErrorClass::Throttled,
+        ErrorClass::WabaThrottled,
         ErrorClass::ApiGone,
         ErrorClass::InvalidRequest,
         ErrorClass::Transient,
@@ -58,6 +64,7 @@ impl ErrorClass {
             ErrorClass::Token => "token",
             ErrorClass::Permission => "permission",
             ErrorClass::Throttled => "throttled",
+            ErrorClass::WabaThrottled => "waba_throttled",
             ErrorClass::ApiGone => "api_gone",
             ErrorClass::InvalidRequest => "invalid_request",
             ErrorClass::Transient => "transient",
@@ -203,10 +210,26 @@ impl ApiHealth {
     }
 }
 
-/// A failed Graph call, classified. Never carries the access token.
+/// How a network failure happened; what it says of Graph differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkKind {
+    /// No connection to Graph's host (refused, unreachable, name not found,
+    /// TLS handshake): the host, not one flow.
+    Connect,
+    /// Graph did not answer in time (an attempt's timeout or the call's
+    /// deadline): may be one flow's calls only.
+    TimedOut,
+    /// The connection broke (reset, an answer cut off).
+    Broken,
+}
+
+/// A failed Graph call, classified. Never carries the access token: every
+/// text in it went through a [`Redactor`] before it was cut.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GraphError {
     pub class: ErrorClass,
+    /// For `ErrorClass::Network`: how.
+    pub network: Option<NetworkKind>,
     pub code: Option<i64>,
     pub subcode: Option<i64>,
     pub message: String,
@@ -224,12 +247,21 @@ impl GraphError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> GraphError {
         GraphError {
             class,
+            network: None,
             code: None,
             subcode: None,
             message: message.into(),
             fbtrace_id: None,
             http_status: None,
             regain_after: None,
+        }
+    }
+
+    /// A network failure of this kind.
+    pub fn network(kind: NetworkKind, message: impl Into<String>) -> GraphError {
+        GraphError {
+            network: Some(kind),
+            ..GraphError::new(ErrorClass::Network, message)
         }
     }
 }
@@ -288,37 +320,48 @@ struct WireError {
     is_transient: Option<bool>,
 }
 
+/// The longest Graph error message kept (after redaction).
+pub const MAX_MESSAGE_BYTES: usize = 300;
+/// The longest trace id kept (Graph's are 11 to 30 characters).
+pub const MAX_TRACE_BYTES: usize = 64;
+
 /// Turns a non-success answer into a classified error. The class comes from
 /// `error.code` alone (the HTTP status is not reliable); without a Graph error
-/// envelope, a 5xx is transient and anything else is malformed.
-pub fn parse_error(status: u16, body: &[u8]) -> GraphError {
-    match serde_json::from_slice::<ErrorEnvelope>(body) {
-        Ok(ErrorEnvelope { error: e }) => {
-            let class = classify(e.code, &e.message, e.is_transient.unwrap_or(false), status);
-            GraphError {
-                class,
-                code: e.code,
-                subcode: e.error_subcode,
-                message: truncate(&e.message, 300),
-                fbtrace_id: e.fbtrace_id.map(|t| truncate(&t, 64)),
-                http_status: Some(status),
-                regain_after: None,
-            }
-        }
-        Err(_) => GraphError {
-            class: if status >= 500 {
-                ErrorClass::Transient
-            } else {
-                ErrorClass::Malformed
-            },
-            code: None,
-            subcode: None,
-            message: format!("HTTP {status} without a Graph error object"),
-            fbtrace_id: None,
+/// envelope, a 5xx is transient and anything else is malformed. Graph's texts
+/// are redacted, then cut.
+pub fn parse_error(status: u16, body: &[u8], redact: &Redactor) -> GraphError {
+    match error_envelope(status, body, redact) {
+        Some(e) => e,
+        None => GraphError {
             http_status: Some(status),
-            regain_after: None,
+            ..GraphError::new(
+                if status >= 500 {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Malformed
+                },
+                format!("HTTP {status} without a Graph error object"),
+            )
         },
     }
+}
+
+/// The Graph error a body carries, if it is an error envelope
+/// (`{"error": {...}}`), whatever the HTTP status: a 2xx answer can carry
+/// one too, and it is an error like any other.
+pub fn error_envelope(status: u16, body: &[u8], redact: &Redactor) -> Option<GraphError> {
+    let ErrorEnvelope { error: e } = serde_json::from_slice::<ErrorEnvelope>(body).ok()?;
+    let class = classify(e.code, &e.message, e.is_transient.unwrap_or(false), status);
+    Some(GraphError {
+        class,
+        network: None,
+        code: e.code,
+        subcode: e.error_subcode,
+        message: redact.cut(&e.message, MAX_MESSAGE_BYTES),
+        fbtrace_id: e.fbtrace_id.map(|t| redact.cut(&t, MAX_TRACE_BYTES)),
+        http_status: Some(status),
+        regain_after: None,
+    })
 }
 
 /// Maps a Graph error code to what the exporter does about it.
@@ -327,9 +370,8 @@ pub fn classify(code: Option<i64>, message: &str, is_transient: bool, status: u1
         Some(139006) => ErrorClass::InsufficientData,
         Some(190) | Some(102) => ErrorClass::Token,
         Some(10) | Some(200..=299) => ErrorClass::Permission,
-        Some(4) | Some(17) | Some(32) | Some(613) | Some(80007) | Some(80008) => {
-            ErrorClass::Throttled
-        }
+        Some(4) | Some(17) | Some(32) | Some(613) => ErrorClass::Throttled,
+        Some(80007) | Some(80008) => ErrorClass::WabaThrottled,
         // Code 100 is "invalid parameter". On the `metric` field it is how Graph
         // says the field does not exist (any more) in this version.
         Some(100) if mentions_metric_field(message) => ErrorClass::ApiGone,
@@ -349,7 +391,60 @@ fn mentions_metric_field(message: &str) -> bool {
         || m.contains("'metric'")
 }
 
-/// Cuts `s` to at most `max` bytes (on a character boundary), marking a cut with `…`.
+/// Scrubs the secrets the exporter holds (the access token) out of text that
+/// came from Graph or the network, before it can reach a log line, an error,
+/// a label or the landing page. Redact first, then cut ([`Redactor::cut`]):
+/// cutting first could leave a piece of a secret that no longer matches.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} secrets)", self.secrets.len())
+    }
+}
+
+/// What a secret is replaced with.
+pub const REDACTED: &str = "<redacted>";
+
+impl Redactor {
+    /// Scrubs these secrets (empty ones are ignored).
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Redactor {
+        Redactor {
+            secrets: secrets
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    /// Scrubs nothing: for text that cannot hold a secret (tests, fuzzing).
+    pub fn none() -> Redactor {
+        Redactor::default()
+    }
+
+    /// `text` with every secret replaced by `<redacted>`.
+    pub fn clean(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// [`clean`](Self::clean), then cut to at most `max` bytes.
+    pub fn cut(&self, text: &str, max: usize) -> String {
+        truncate(&self.clean(text), max)
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (on a character boundary), marking a cut
+/// with `…`. Text that may hold a secret goes through [`Redactor::cut`] instead.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
@@ -391,6 +486,16 @@ mod tests {
             (
                 400,
                 r#"{"error":{"message":"Too many","code":80008}}"#,
+                ErrorClass::WabaThrottled,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"WABA rate limit","code":80007}}"#,
+                ErrorClass::WabaThrottled,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"Spiky","code":613,"error_subcode":1996}}"#,
                 ErrorClass::Throttled,
             ),
             (
@@ -427,12 +532,54 @@ mod tests {
             (404, "not json", ErrorClass::Malformed),
         ];
         for (status, body, class) in cases {
-            assert_eq!(parse_error(status, body.as_bytes()).class, class, "{body}");
+            assert_eq!(
+                parse_error(status, body.as_bytes(), &Redactor::none()).class,
+                class,
+                "{body}"
+            );
         }
-        let e = parse_error(400, br#"{"error":{"message":"m","code":139006,"error_subcode":2494021,"fbtrace_id":"AbC"}}"#);
+        let e = parse_error(
+            400,
+            br#"{"error":{"message":"m","code":139006,"error_subcode":2494021,"fbtrace_id":"AbC"}}"#,
+            &Redactor::none(),
+        );
         assert_eq!(
             (e.code, e.subcode, e.fbtrace_id.as_deref()),
             (Some(139006), Some(2494021), Some("AbC"))
         );
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_before_the_cut() {
+        let token = "EAAsecret-token-123456";
+        let redact = Redactor::new([token]);
+        // The token straddles the cut point: cutting first would leave its head.
+        let message = format!("{}{token} tail", "x".repeat(290));
+        let body =
+            format!(r#"{{"error":{{"message":"{message}","code":1,"fbtrace_id":"{token}"}}}}"#);
+        let e = parse_error(500, body.as_bytes(), &redact);
+        assert!(!e.message.contains("EAAsecret"), "{}", e.message);
+        assert!(e.message.len() <= MAX_MESSAGE_BYTES + '…'.len_utf8());
+        assert_eq!(e.fbtrace_id.as_deref(), Some(REDACTED));
+        // JSON escapes do not hide it: the scrub is of the decoded text.
+        let escaped = r#"{"error":{"message":"\u0045AAsecret-token-123456","code":1}}"#;
+        let e = parse_error(500, escaped.as_bytes(), &redact);
+        assert_eq!(e.message, REDACTED);
+        assert_eq!(Redactor::new([""]).clean("text"), "text");
+    }
+
+    #[test]
+    fn a_2xx_body_with_an_error_object_is_that_error() {
+        let e = error_envelope(
+            200,
+            br#"{"error":{"message":"Not enough data","code":139006}}"#,
+            &Redactor::none(),
+        )
+        .expect("an error envelope");
+        assert_eq!(e.class, ErrorClass::InsufficientData);
+        let e = error_envelope(200, br#"{"error":{"code":190}}"#, &Redactor::none())
+            .expect("an error envelope");
+        assert_eq!(e.class, ErrorClass::Token);
+        assert!(error_envelope(200, br#"{"id":"1","metric":{}}"#, &Redactor::none()).is_none());
     }
 }

@@ -7,9 +7,8 @@
 //! started with. The HTTP side only reads what was rendered last: scraping
 //! never calls Graph.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -23,8 +22,9 @@ use crate::error::{CallError, ErrorClass, GraphError};
 use crate::exposition::{self, Rendered};
 use crate::flowdata;
 use crate::graph::GraphClient;
+use crate::graph::Slot;
 use crate::model::{Clock, DataPoint, Flow, Granularity, MetricKind};
-use crate::poll::{self, CallOutcome, PollPolicy, SkipReason, Target};
+use crate::poll::{self, CallOutcome, Halt, PollPolicy, SkipReason, Target};
 use crate::ratelimit::waba_key;
 use crate::snapshot::{CellStatus, Cells, Snapshot};
 use crate::telemetry::{PollResult, Telemetry};
@@ -89,7 +89,8 @@ pub struct Exporter {
     telemetry: Arc<Telemetry>,
     state: Mutex<Snapshot>,
     published: RwLock<Arc<Rendered>>,
-    ready: AtomicBool,
+    /// What start-up has reached: `/-/ready` says it.
+    progress: Mutex<Progress>,
     /// One per job that can exist, so a granularity enabled by a reload has one.
     running: BTreeMap<Job, tokio::sync::Mutex<()>>,
     /// Reloads one at a time (a SIGHUP and a POST at once).
@@ -114,7 +115,7 @@ impl Exporter {
             telemetry,
             state: Mutex::new(Snapshot::default()),
             published: RwLock::new(Arc::new(Rendered::empty())),
-            ready: AtomicBool::new(false),
+            progress: Mutex::new(Progress::default()),
             running,
             reloading: Mutex::new(()),
         };
@@ -152,19 +153,69 @@ impl Exporter {
         jobs
     }
 
-    /// True once the start-up discovery and first poll of every granularity ended.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+    /// Ready once discovery has run and found the flows (or listed every WABA
+    /// and found none), and every enabled granularity has had a poll that
+    /// tried every flow: one the policy did not stop. Else why not.
+    pub fn readiness(&self) -> Readiness {
+        let progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !progress.discovered {
+            return Readiness::NotReady("discovery has not finished".to_owned());
+        }
+        {
+            let state = self.state();
+            let failing: Vec<String> = state
+                .wabas
+                .iter()
+                .filter_map(|(waba, s)| s.last_error.map(|e| format!("WABA {waba}: {}", e.label())))
+                .collect();
+            if state.polled_flows().is_empty() && !failing.is_empty() {
+                return Readiness::NotReady(format!(
+                    "discovery listed no flows to poll; listing failed for {}",
+                    failing.join(", ")
+                ));
+            }
+        }
+        for g in self.config().granularities.iter().map(|g| g.granularity) {
+            if progress.complete.contains(&g) {
+                continue;
+            }
+            return Readiness::NotReady(match progress.stopped.get(&g) {
+                Some(halt) => format!(
+                    "no {g} poll has tried every flow yet; the last one stopped: {}",
+                    halt.describe()
+                ),
+                None => format!("no {g} poll has tried every flow yet"),
+            });
+        }
+        Readiness::Ready
     }
 
-    /// Start-up: discover, then poll every granularity once, then report ready.
+    /// [`readiness`](Self::readiness) is `Ready`.
+    pub fn is_ready(&self) -> bool {
+        self.readiness() == Readiness::Ready
+    }
+
+    /// Start-up: discover, then poll every granularity once, together, under
+    /// the one concurrency limit of the Graph client. A job the scheduler
+    /// started meanwhile is waited for, then run again, so no granularity is
+    /// skipped.
     pub async fn startup(&self) {
-        self.run_job(Job::Discovery).await;
-        for g in self.config().granularities.iter().map(|g| g.granularity) {
-            self.run_job(Job::Poll(g)).await;
+        self.run_job_when_free(Job::Discovery).await;
+        let polls: Vec<_> = self
+            .config()
+            .granularities
+            .iter()
+            .map(|g| self.run_job_when_free(Job::Poll(g.granularity)))
+            .collect();
+        futures_util::future::join_all(polls).await;
+        match self.readiness() {
+            Readiness::Ready => info!("first polls finished; ready"),
+            Readiness::NotReady(why) => warn!(why = %why, "first polls finished; not ready"),
         }
-        self.ready.store(true, Ordering::Release);
-        info!("first poll finished; ready");
     }
 
     /// Runs a job unless the same job is still running, in which case the tick
@@ -298,7 +349,7 @@ impl Exporter {
                 .client()
                 .rebuilt(&config, token)
                 .map_err(|e| ReloadError::Client(format!("{e:#}")))?;
-            NewClient::Rebuilt(client)
+            NewClient::Rebuilt(Box::new(client))
         } else {
             NewClient::Token(token)
         };
@@ -309,7 +360,7 @@ impl Exporter {
     fn apply(&self, Checked { config, client }: Checked) {
         match client {
             NewClient::Rebuilt(client) => {
-                *self.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+                *self.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(client);
             }
             NewClient::Token(token) => {
                 if self.client().set_token(token) {
@@ -347,7 +398,15 @@ impl Exporter {
         for waba in &config.wabas {
             let result = client.list_flows(waba).await;
             match &result {
-                Ok(flows) => debug!(waba_id = %waba, flows = flows.len(), "listed flows"),
+                Ok(listing) => {
+                    debug!(waba_id = %waba, flows = listing.flows.len(), "listed flows");
+                    for why in listing.skipped.iter().take(5) {
+                        warn!(waba_id = %waba, why = %why, "listing entry skipped: not a flow");
+                    }
+                    if let Some(t) = listing.truncated {
+                        warn!(waba_id = %waba, flows = listing.flows.len(), why = %t.describe(), "flow listing cut short; keeping the flows of the pages read");
+                    }
+                }
                 Err(e) => {
                     failed += 1;
                     warn!(waba_id = %waba, class = e.label(), code = ?e.code(), fbtrace_id = ?e.fbtrace_id(), error = %e, "cannot list flows; keeping the flows known before");
@@ -363,6 +422,10 @@ impl Exporter {
             info!(flows = state.flows.len(), polled, "discovery finished");
         }
         self.render();
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .discovered = true;
         let result = PollResult::of(failed, config.wabas.len());
         self.telemetry.poll_finished(
             Job::Discovery.label(),
@@ -399,48 +462,79 @@ impl Exporter {
             );
         }
         let since = poll::query_since(&gcfg, now);
-        let mut planned = Vec::with_capacity(flows.len() * MetricKind::ALL.len());
-        for flow in &flows {
-            for metric in MetricKind::ALL {
+        // Metric by metric, each over every flow: a flow's calls are spread
+        // over the poll, so by its second call the policy knows whether its
+        // first timed out.
+        let mut planned: Vec<(&Flow, MetricKind)> =
+            Vec::with_capacity(flows.len() * MetricKind::ALL.len());
+        for metric in MetricKind::ALL {
+            for flow in &flows {
                 planned.push((flow, metric));
             }
         }
-        let limit = config.graph.max_concurrency.max(1);
+        let unknown_error_types = config.limits.unknown_error_types;
         let mut policy = PollPolicy::new();
-        let mut queue = planned.into_iter();
+        let mut queue = planned.into_iter().peekable();
         let mut in_flight = FuturesUnordered::new();
         let mut answers: Vec<(&Flow, MetricKind, CallOutcome)> = Vec::new();
         loop {
-            // Start calls up to the limit, asking the policy before each.
-            while in_flight.len() < limit {
-                let Some((flow, metric)) = queue.next() else {
-                    break;
-                };
-                if let Some(skip) = policy.check(target(flow)) {
-                    answers.push((flow, metric, CallOutcome::NotAttempted(skip)));
-                    continue;
+            // Take in what ended before taking a slot for the next call, so
+            // each call is decided on with every result before it.
+            let step = if queue.peek().is_some() {
+                tokio::select! {
+                    biased;
+                    Some(done) = in_flight.next(), if !in_flight.is_empty() => Step::Ended(done),
+                    slot = client.slot() => Step::Slot(slot),
                 }
-                let client = &client;
-                in_flight.push(async move {
-                    let answer = client
-                        .fetch_metric(&flow.waba_id, &flow.id, metric, granularity, since)
-                        .await
-                        .and_then(|points| {
-                            choose_point(points, metric, granularity, gcfg.trust_after, now)
-                                .map_err(CallError::from)
-                        });
-                    (flow, metric, answer)
-                });
+            } else {
+                match in_flight.next().await {
+                    Some(done) => Step::Ended(done),
+                    None => break,
+                }
+            };
+            match step {
+                Step::Ended((flow, metric, answer)) => {
+                    policy.record(target(flow), answer.as_ref().map(|_| ()));
+                    let outcome = match answer {
+                        Ok(point) => CallOutcome::Answered(point),
+                        Err(e) => CallOutcome::Failed(e),
+                    };
+                    answers.push((flow, metric, outcome));
+                }
+                Step::Slot(slot) => {
+                    let Some((flow, metric)) = queue.next() else {
+                        continue;
+                    };
+                    if let Some(skip) = policy.check(target(flow)) {
+                        answers.push((flow, metric, CallOutcome::NotAttempted(skip)));
+                        continue;
+                    }
+                    let client = &client;
+                    let telemetry = &self.telemetry;
+                    in_flight.push(async move {
+                        let answer = client
+                            .fetch_metric(slot, &flow.waba_id, &flow.id, metric, granularity, since)
+                            .await
+                            .and_then(|points| {
+                                let chosen = choose_point(
+                                    points,
+                                    metric,
+                                    granularity,
+                                    gcfg.trust_after,
+                                    now,
+                                    unknown_error_types,
+                                )
+                                .map_err(CallError::from)?;
+                                if chosen.folded > 0 {
+                                    telemetry.error_types_folded(chosen.folded);
+                                    debug!(flow_id = %flow.id, granularity = granularity.label(), folded = chosen.folded, "error types Meta does not document summed into error_type=\"other\"");
+                                }
+                                Ok(chosen.point)
+                            });
+                        (flow, metric, answer)
+                    });
+                }
             }
-            let Some((flow, metric, answer)) = in_flight.next().await else {
-                break;
-            };
-            policy.record(target(flow), answer.as_ref().map(|_| ()));
-            let outcome = match answer {
-                Ok(point) => CallOutcome::Answered(point),
-                Err(e) => CallOutcome::Failed(e),
-            };
-            answers.push((flow, metric, outcome));
         }
 
         let mut cells = Cells::new();
@@ -475,22 +569,41 @@ impl Exporter {
             }
             cells.insert(key, cell);
         }
-        for (flow, metric, outcome) in &answers {
+        // One log line per reason (and flow or WABA), next to the counter.
+        let mut skipped: BTreeMap<(&str, String), (SkipReason, u64)> = BTreeMap::new();
+        for (flow, _, outcome) in &answers {
             if let CallOutcome::NotAttempted(skip) = outcome {
-                debug!(flow_id = %flow.id, metric = metric.api_name(), granularity = granularity.label(), reason = skip.label(), "call not made");
+                let whom = match skip {
+                    SkipReason::PollHalted(_) => String::new(),
+                    SkipReason::FlowTimedOut => format!("flow {}", flow.id),
+                    SkipReason::WabaPaused => format!("WABA {}", waba_key(&flow.waba_id)),
+                };
+                skipped.entry((skip.label(), whom)).or_insert((*skip, 0)).1 += 1;
             }
         }
-        if let Some(halt) = policy.halt() {
-            let n = not_attempted.values().sum::<u64>();
-            self.telemetry
-                .calls_not_attempted(SkipReason::PollHalted(halt), n);
-            warn!(
-                granularity = granularity.label(),
-                reason = halt.label(),
-                calls_not_made = n,
-                "poll halted early"
-            );
+        for ((_, whom), (skip, n)) in &skipped {
+            self.telemetry.calls_not_attempted(*skip, *n);
+            match skip {
+                SkipReason::PollHalted(halt) => warn!(
+                    granularity = granularity.label(),
+                    reason = halt.label(),
+                    calls_not_made = n,
+                    "poll halted early: {}; its other cells keep their last values, marked stale (class not_attempted)",
+                    halt.describe()
+                ),
+                SkipReason::FlowTimedOut => warn!(
+                    granularity = granularity.label(),
+                    calls_not_made = n,
+                    "{whom}: a call ran out of time; its other calls are not made in this poll (class not_attempted)"
+                ),
+                SkipReason::WabaPaused => warn!(
+                    granularity = granularity.label(),
+                    calls_not_made = n,
+                    "{whom}: Graph throttled this WABA; its other calls are not made in this poll (class not_attempted)"
+                ),
+            }
         }
+        let _ = not_attempted;
         if !refused.is_empty() {
             let summary: Vec<String> = refused
                 .iter()
@@ -504,12 +617,31 @@ impl Exporter {
             );
         }
         let total = answers.len();
-        {
+        let nothing_listed = {
             let mut state = self.state();
             state.apply_poll(granularity, cells, now);
-        }
+            flows.is_empty() && state.wabas.values().any(|w| w.last_error.is_some())
+        };
         self.render();
-        let result = PollResult::of(failed, total);
+        {
+            let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            match policy.halt() {
+                Some(halt) => {
+                    progress.stopped.insert(granularity, halt);
+                }
+                // A poll of nothing because discovery failed tried nothing.
+                None if nothing_listed => {}
+                None => {
+                    progress.complete.insert(granularity);
+                    progress.stopped.remove(&granularity);
+                }
+            }
+        }
+        let result = if nothing_listed {
+            PollResult::Failed
+        } else {
+            PollResult::of(failed, total)
+        };
         info!(
             granularity = granularity.label(),
             calls = total,
@@ -584,6 +716,15 @@ impl Exporter {
     pub fn flow_rows(&self) -> Vec<FlowRow> {
         flow_rows(&self.state())
     }
+
+    /// What discovery last learned of each WABA, for the landing page.
+    pub fn waba_rows(&self) -> Vec<(String, crate::snapshot::WabaState)> {
+        self.state()
+            .wabas
+            .iter()
+            .map(|(w, s)| (w.clone(), s.clone()))
+            .collect()
+    }
 }
 
 /// A reload's config file, read and validated, not yet applied.
@@ -595,7 +736,7 @@ struct Checked {
 /// The Graph client after a reload: a new one when `[graph]` changed, else
 /// the one in use with (perhaps) a new token.
 enum NewClient {
-    Rebuilt(GraphClient),
+    Rebuilt(Box<GraphClient>),
     Token(Secret),
 }
 
@@ -606,6 +747,30 @@ fn job_labels(config: &Config) -> Vec<&'static str> {
         .collect()
 }
 
+/// What start-up has reached.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// A discovery has finished.
+    discovered: bool,
+    /// Granularities that had a poll the policy did not stop.
+    complete: BTreeSet<Granularity>,
+    /// Why the last poll of a granularity was stopped, until one is not.
+    stopped: BTreeMap<Granularity, Halt>,
+}
+
+/// Whether the exporter is ready (`/-/ready`), and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady(String),
+}
+
+/// One step of a poll's dispatch loop: a call ended, or a slot for the next.
+enum Step<'a> {
+    Ended((&'a Flow, MetricKind, Result<Option<DataPoint>, CallError>)),
+    Slot(Slot),
+}
+
 /// The policy's view of a call for `flow`.
 fn target(flow: &Flow) -> Target<'_> {
     Target {
@@ -614,21 +779,42 @@ fn target(flow: &Flow) -> Target<'_> {
     }
 }
 
-/// Picks the period to show from an answer and checks that it can be shown.
+/// The period an answer shows, and how many error types were folded.
+struct Chosen {
+    point: Option<DataPoint>,
+    folded: usize,
+}
+
+/// Picks the period to show from an answer, bounds its error types
+/// (`limits.unknown_error_types`) and checks that it can be shown.
 fn choose_point(
     points: Vec<DataPoint>,
     metric: MetricKind,
     granularity: Granularity,
     trust_after: std::time::Duration,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<Option<DataPoint>, GraphError> {
+    unknown_error_types: usize,
+) -> Result<Chosen, GraphError> {
     let Some(point) = poll::select_period(&points, granularity, trust_after, now) else {
-        return Ok(None);
+        return Ok(Chosen {
+            point: None,
+            folded: 0,
+        });
     };
+    let mut point = point.clone();
+    let mut folded = 0;
+    if metric == MetricKind::RequestError {
+        let (values, n) = flowdata::fold_error_types(point.values, unknown_error_types);
+        point.values = values;
+        folded = n;
+    }
     // Flattened here as the exposition will, so a point it cannot show is a
     // malformed answer (counted, logged) rather than a silently missing series.
     flowdata::point_samples(metric, &point.values).map_err(GraphError::malformed)?;
-    Ok(Some(point.clone()))
+    Ok(Chosen {
+        point: Some(point),
+        folded,
+    })
 }
 
 /// A row of the landing page: a flow and when Graph last answered it, per

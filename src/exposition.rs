@@ -329,6 +329,31 @@ pub fn render(snapshot: &Snapshot, granularities: &[Granularity], size_hint: usi
     }
     r.emit(waba_failing);
 
+    let mut truncated = Family::new(
+        "whatsapp_flows_exporter_discovery_truncated",
+        &with_cached(
+            "1 when the last listing of this WABA's flows was cut short (more pages than limits.listing_pages, or a paging loop); the flows of the pages read are kept. Absent otherwise.",
+        ),
+        MetricType::GAUGE,
+    );
+    let mut skipped_entries = Family::new(
+        "whatsapp_flows_exporter_discovery_skipped_entries",
+        &with_cached(
+            "Entries of the last listing of this WABA that were skipped because they are not a flow (an id that is not a Graph id); the rest of the listing is kept.",
+        ),
+        MetricType::GAUGE,
+    );
+    for (waba, state) in &snapshot.wabas {
+        if state.truncated.is_some() {
+            truncated.gauge(&[("waba_id", waba)], 1.0);
+        }
+        if state.last_success.is_some() {
+            skipped_entries.gauge(&[("waba_id", waba)], state.skipped_entries as f64);
+        }
+    }
+    r.emit(truncated);
+    r.emit(skipped_entries);
+
     let mut per_status: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for f in snapshot.flows.values() {
         *per_status

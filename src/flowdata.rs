@@ -18,6 +18,50 @@ pub const KNOWN_ERROR_TYPES: [&str; 4] = [
     "unexpected_http_status_code",
 ];
 
+/// Where error types Meta does not document go beyond `limits.unknown_error_types`.
+pub const OTHER_ERROR_TYPE: &str = "other";
+/// An undocumented error-type key longer than this is always folded into
+/// `other`: it would make a label of any length.
+pub const MAX_ERROR_TYPE_BYTES: usize = 64;
+
+/// Bounds the error types of one REQUEST_ERROR data point: documented types
+/// are kept; of the others (repeated keys summed), the `cap` with the most
+/// errors (then by name) keep their own key, and the rest, with any longer
+/// than [`MAX_ERROR_TYPE_BYTES`], are summed into `other`. Returns the values
+/// and how many keys were folded.
+pub fn fold_error_types(values: Vec<(String, f64)>, cap: usize) -> (Vec<(String, f64)>, usize) {
+    let mut kept: Vec<(String, f64)> =
+        Vec::with_capacity(values.len().min(KNOWN_ERROR_TYPES.len() + cap + 1));
+    let mut unknown: BTreeMap<String, f64> = BTreeMap::new();
+    for (key, v) in values {
+        if KNOWN_ERROR_TYPES.contains(&key.as_str()) {
+            kept.push((key, v));
+        } else {
+            *unknown.entry(key).or_default() += v;
+        }
+    }
+    let mut unknown: Vec<(String, f64)> = unknown.into_iter().collect();
+    let (mut fits, long): (Vec<_>, Vec<_>) = unknown
+        .drain(..)
+        .partition(|(key, _)| key.len() <= MAX_ERROR_TYPE_BYTES);
+    fits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let rest = if fits.len() > cap {
+        fits.split_off(cap)
+    } else {
+        Vec::new()
+    };
+    let folded = rest.len() + long.len();
+    kept.extend(fits);
+    if folded > 0 {
+        let sum: f64 = rest.iter().chain(&long).map(|(_, v)| v).sum();
+        match kept.iter_mut().find(|(k, _)| k == OTHER_ERROR_TYPE) {
+            Some((_, v)) => *v += sum,
+            None => kept.push((OTHER_ERROR_TYPE.to_owned(), sum)),
+        }
+    }
+    (kept, folded)
+}
+
 /// The results of Meta's availability checks, in label order.
 pub const AVAILABILITY_RESULTS: [&str; 2] = ["failed", "succeeded"];
 
@@ -321,6 +365,39 @@ mod tests {
                 ])
             )
         );
+    }
+
+    #[test]
+    fn unknown_error_types_are_bounded() {
+        let mut values = kv(&[("timeout_error", 5.0), ("cannot_be_served", 1.0)]);
+        values.extend((0..10_000).map(|i| (format!("new_error_{i:05}"), f64::from(i % 7))));
+        values.push(("x".repeat(1000), 3.0));
+        let total: f64 = values.iter().map(|(_, v)| v).sum();
+        let (kept, folded) = fold_error_types(values, 3);
+        assert_eq!(folded, 10_000 - 3 + 1);
+        let keys: Vec<&str> = kept.iter().map(|(k, _)| k.as_str()).collect();
+        // The documented types, the three largest others (ties by name), other.
+        assert_eq!(
+            keys,
+            [
+                "timeout_error",
+                "cannot_be_served",
+                "new_error_00006",
+                "new_error_00013",
+                "new_error_00020",
+                "other"
+            ]
+        );
+        let after: f64 = kept.iter().map(|(_, v)| v).sum();
+        assert_eq!(after, total, "nothing is lost, only summed");
+        // Few enough: unchanged, no `other`.
+        let few = kv(&[("brand_new", 2.0), ("timeout_error", 1.0)]);
+        let (kept, folded) = fold_error_types(few.clone(), 3);
+        assert_eq!((folded, kept.len()), (0, 2));
+        // A cap of 0 folds every undocumented type.
+        let (kept, folded) = fold_error_types(few, 0);
+        assert_eq!(folded, 1);
+        assert_eq!(kept, kv(&[("timeout_error", 1.0), ("other", 2.0)]));
     }
 
     #[test]

@@ -123,6 +123,11 @@ struct BackfillArgs {
     /// First retry backoff in seconds, doubled each retry.
     #[arg(long, default_value_t = 1.0)]
     remote_write_backoff_seconds: f64,
+    /// Exit 0 even when windows were lost to errors. Without it a backfill that
+    /// lost windows (other than to 139006, fewer than 250 requests) exits 3
+    /// after writing what it got; a run that stopped exits 1.
+    #[arg(long)]
+    allow_partial: bool,
     /// Most periods one Graph call asks for (168 = a week of hours).
     #[arg(long, default_value_t = backfill::DEFAULT_CHUNK_PERIODS, value_parser = clap::value_parser!(u32).range(1..))]
     chunk_periods: u32,
@@ -149,7 +154,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli, progress) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Done::Complete) => ExitCode::SUCCESS,
+        Ok(Done::Partial(lost)) => {
+            eprintln!(
+                "flows-exporter: backfill incomplete: {lost} windows lost to errors (see \"skipped\" above); the output holds the rest. Run again to fill them (the backfill is idempotent), or pass --allow-partial to accept this."
+            );
+            ExitCode::from(backfill::EXIT_PARTIAL)
+        }
         Err(e) => {
             eprintln!("flows-exporter: error: {e:#}");
             ExitCode::FAILURE
@@ -157,7 +168,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<()> {
+/// How a command that did not fail ended.
+enum Done {
+    Complete,
+    /// A backfill that lost this many windows to errors.
+    Partial(u64),
+}
+
+fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<Done> {
     match cli.command {
         Command::CheckConfig { config, web } => {
             let path = config.display().to_string();
@@ -188,17 +206,19 @@ fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<()> {
             if let Err(e) = cfg.graph.token.load() {
                 println!("{path}: note: {e} (needed by `serve`)");
             }
-            Ok(())
+            Ok(Done::Complete)
         }
         Command::Serve { config, web } => {
             let path = config.display().to_string();
             let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
             let web = web.load()?;
-            runtime()?.block_on(app::serve(cfg, web))
+            runtime()?.block_on(app::serve(cfg, web))?;
+            Ok(Done::Complete)
         }
         Command::Demo { listen, web } => {
             let web = web.load()?;
-            runtime()?.block_on(app::demo(listen, web))
+            runtime()?.block_on(app::demo(listen, web))?;
+            Ok(Done::Complete)
         }
         Command::Backfill(args) => {
             let path = args.config.display().to_string();
@@ -208,6 +228,7 @@ fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<()> {
                 .token
                 .load()
                 .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            let allow_partial = args.allow_partial;
             let options = backfill_options(args)?;
             let progress = progress.unwrap_or_else(Progress::hidden);
             let summary = runtime()?.block_on(async {
@@ -217,8 +238,12 @@ fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<()> {
                 }
             });
             progress.finish();
-            print!("{}", summary?);
-            Ok(())
+            let summary = summary?;
+            print!("{summary}");
+            Ok(match summary.lost() {
+                lost if lost > 0 && !allow_partial => Done::Partial(lost),
+                _ => Done::Complete,
+            })
         }
     }
 }

@@ -191,6 +191,37 @@ impl Flow {
     }
 }
 
+/// What listing one WABA's flows gave.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing {
+    pub flows: Vec<Flow>,
+    /// Entries skipped because they are not a flow the exporter can poll
+    /// (an id that is not a Graph id), with why.
+    pub skipped: Vec<String>,
+    /// Set when the listing was cut short; the flows of the pages read are kept.
+    pub truncated: Option<Truncation>,
+}
+
+/// Why a listing was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncation {
+    /// `limits.listing_pages` pages were read and Graph named another.
+    PageCap(usize),
+    /// Graph named a page cursor it had named before.
+    PagingLoop,
+}
+
+impl Truncation {
+    pub fn describe(self) -> String {
+        match self {
+            Truncation::PageCap(n) => {
+                format!("Graph named a page after the {n} of limits.listing_pages")
+            }
+            Truncation::PagingLoop => "Graph named a page cursor a second time".to_owned(),
+        }
+    }
+}
+
 /// One data point of one metric: the start of its period and its key/value pairs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataPoint {

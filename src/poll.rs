@@ -3,12 +3,13 @@
 //! means for the rest of the poll ([`PollPolicy`]), and how one result turns a
 //! cell of the snapshot into its next state.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::config::GranularityConfig;
-use crate::error::{CallError, ErrorClass};
+use crate::error::{CallError, ErrorClass, NetworkKind};
 use crate::model::{DataPoint, Granularity};
 use crate::ratelimit::Refusal;
 use crate::snapshot::{Cell, CellStatus, FailureClass};
@@ -53,10 +54,14 @@ pub enum Halt {
     Token,
     /// The Metrics API is not served in this API version.
     ApiGone,
-    /// Graph throttled the app, or the client is paused after it did.
+    /// Graph throttled the app (4, 17, 32, 613), or the client is paused after
+    /// it did.
     Throttled,
-    /// Network failures in a row: Graph is unreachable or hangs.
+    /// Graph's host refuses or cannot be reached: connection failures in a row.
     Unreachable,
+    /// Calls of several different flows failed on the network in a row, with
+    /// no answer between them: Graph as a whole hangs or breaks connections.
+    Failing,
 }
 
 impl Halt {
@@ -66,6 +71,20 @@ impl Halt {
             Halt::ApiGone => "api_gone",
             Halt::Throttled => "throttled",
             Halt::Unreachable => "graph_unreachable",
+            Halt::Failing => "graph_failing",
+        }
+    }
+
+    /// What it means, for the log and `/-/ready`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Halt::Token => "Graph rejected the access token (code 190)",
+            Halt::ApiGone => "Graph does not serve the Flows Metrics API in this API version",
+            Halt::Throttled => "Graph throttled the app",
+            Halt::Unreachable => "Graph cannot be reached (connection failures in a row)",
+            Halt::Failing => {
+                "calls of several flows in a row failed on the network (Graph hangs or breaks connections)"
+            }
         }
     }
 }
@@ -75,15 +94,21 @@ impl Halt {
 pub enum SkipReason {
     /// The poll had stopped (see [`Halt`]).
     PollHalted(Halt),
+    /// A call of this flow ran out of time earlier in the poll.
+    FlowTimedOut,
+    /// Graph throttled the flow's WABA earlier in the poll (80007, 80008).
+    WabaPaused,
 }
 
 impl SkipReason {
     /// Every `reason` label a skip can have.
-    pub const LABELS: [&'static str; 1] = ["poll_halted"];
+    pub const LABELS: [&'static str; 3] = ["poll_halted", "flow_timed_out", "waba_paused"];
 
     pub fn label(self) -> &'static str {
         match self {
             SkipReason::PollHalted(_) => "poll_halted",
+            SkipReason::FlowTimedOut => "flow_timed_out",
+            SkipReason::WabaPaused => "waba_paused",
         }
     }
 }
@@ -95,17 +120,39 @@ pub struct Target<'a> {
     pub waba: &'a str,
 }
 
-/// Network failures in a row (refused, reset, timed out, cut off) after which a
-/// poll stops calling Graph.
-const NETWORK_HALT_AFTER: u32 = 3;
+/// Connection failures in a row (of any flows) after which Graph's host is
+/// taken to be unreachable.
+pub const CONNECT_FAILURES_HALT: usize = 3;
+/// Distinct flows whose calls failed on the network in a row, with no answer
+/// between them, after which Graph as a whole is taken to be failing. One
+/// flow's failures, however many, never count for more than one.
+pub const FAILING_FLOWS_HALT: usize = 3;
 
-/// What one call's result means for the rest of its poll: fed every result
-/// (`record`) and asked before every call (`check`). Plain decisions over
-/// plain data; the poll does the I/O.
+/// What one call's result means for the rest of its poll (or backfill), for
+/// its flow, its WABA and the app: fed every result (`record`) and asked
+/// before every call (`check`). Plain decisions over plain data; the caller
+/// does the I/O.
+///
+/// - For the app, the poll stops: Graph rejected the token (190), the Metrics
+///   API is gone, Graph throttled the app (or a pause after it refused the
+///   call), [`CONNECT_FAILURES_HALT`] connection failures in a row, or network
+///   failures of [`FAILING_FLOWS_HALT`] different flows in a row. An answer
+///   from Graph, of any kind, ends a row.
+/// - For a WABA: Graph throttled it (80007, 80008, or a pause after it refused
+///   the call): its other flows' calls are not made in this poll.
+/// - For a flow: a call of it ran out of time (attempt timeout or deadline):
+///   its other calls are not made in this poll, so a hanging flow costs one
+///   deadline, not one per metric.
+/// - Anything else concerns that call alone.
 #[derive(Debug, Default)]
 pub struct PollPolicy {
     halt: Option<Halt>,
-    network_streak: u32,
+    timed_out_flows: HashSet<String>,
+    paused_wabas: HashSet<String>,
+    /// Connection failures since the last answer.
+    connect_failures: usize,
+    /// Flows with a network failure since the last answer.
+    failing_flows: HashSet<String>,
 }
 
 impl PollPolicy {
@@ -114,30 +161,75 @@ impl PollPolicy {
     }
 
     /// Whether to make the call for `target` now: `None` to go ahead, or why not.
-    pub fn check(&self, _target: Target<'_>) -> Option<SkipReason> {
-        self.halt.map(SkipReason::PollHalted)
+    pub fn check(&self, target: Target<'_>) -> Option<SkipReason> {
+        if let Some(halt) = self.halt {
+            Some(SkipReason::PollHalted(halt))
+        } else if self.timed_out_flows.contains(target.flow_id) {
+            Some(SkipReason::FlowTimedOut)
+        } else if self.paused_wabas.contains(target.waba) {
+            Some(SkipReason::WabaPaused)
+        } else {
+            None
+        }
     }
 
-    /// Takes in the result of a call that was made.
-    pub fn record(&mut self, _target: Target<'_>, result: Result<(), &CallError>) {
-        let halt = match result {
-            Ok(()) => None,
-            Err(CallError::Refused(Refusal::ThrottlePause)) => Some(Halt::Throttled),
-            Err(CallError::Refused(_)) => None,
-            Err(CallError::Failed(e)) => match e.class {
-                ErrorClass::Token => Some(Halt::Token),
-                ErrorClass::ApiGone => Some(Halt::ApiGone),
-                ErrorClass::Throttled => Some(Halt::Throttled),
-                _ => None,
-            },
+    /// Takes in the result of a call that was made (or refused by the rate
+    /// limit).
+    pub fn record(&mut self, target: Target<'_>, result: Result<(), &CallError>) {
+        let e = match result {
+            Ok(()) => {
+                self.answered();
+                return;
+            }
+            Err(CallError::Refused(refusal)) => {
+                match refusal {
+                    Refusal::ThrottlePause => self.stop(Halt::Throttled),
+                    Refusal::WabaThrottlePause => {
+                        self.paused_wabas.insert(target.waba.to_owned());
+                    }
+                    // The governor refuses the WABA's calls by itself, one
+                    // probe at a time; nothing to decide here.
+                    Refusal::UsageHigh | Refusal::Budget => {}
+                }
+                return;
+            }
+            Err(CallError::Failed(e)) => e,
         };
-        let network = matches!(result, Err(e) if e.class() == Some(ErrorClass::Network));
-        self.network_streak = if network { self.network_streak + 1 } else { 0 };
-        let halt =
-            halt.or((self.network_streak >= NETWORK_HALT_AFTER).then_some(Halt::Unreachable));
-        if self.halt.is_none() {
-            self.halt = halt;
+        match e.class {
+            ErrorClass::Token => self.stop(Halt::Token),
+            ErrorClass::ApiGone => self.stop(Halt::ApiGone),
+            ErrorClass::Throttled => self.stop(Halt::Throttled),
+            ErrorClass::WabaThrottled => {
+                self.paused_wabas.insert(target.waba.to_owned());
+                self.answered();
+            }
+            ErrorClass::Network => {
+                if e.network == Some(NetworkKind::TimedOut) {
+                    self.timed_out_flows.insert(target.flow_id.to_owned());
+                }
+                if e.network == Some(NetworkKind::Connect) {
+                    self.connect_failures += 1;
+                    if self.connect_failures >= CONNECT_FAILURES_HALT {
+                        self.stop(Halt::Unreachable);
+                    }
+                }
+                self.failing_flows.insert(target.flow_id.to_owned());
+                if self.failing_flows.len() >= FAILING_FLOWS_HALT {
+                    self.stop(Halt::Failing);
+                }
+            }
+            // Graph answered: it is there, and this concerns this call.
+            _ => self.answered(),
         }
+    }
+
+    fn answered(&mut self) {
+        self.connect_failures = 0;
+        self.failing_flows.clear();
+    }
+
+    fn stop(&mut self, halt: Halt) {
+        self.halt.get_or_insert(halt);
     }
 
     /// Why the poll stopped calling Graph, if it did.

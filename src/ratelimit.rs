@@ -5,9 +5,10 @@
 //! passes `now` in and does the waiting.
 //!
 //! Per call it applies, in order:
-//! 1. a client-wide pause after throttling (Graph's `estimated_time_to_regain_access`,
-//!    else exponential backoff with jitter): wait it out when it ends within
-//!    `max_wait`, else refuse;
+//! 1. a client-wide pause after Graph throttled the app (Graph's
+//!    `estimated_time_to_regain_access`, else exponential backoff with jitter),
+//!    then the call's WABA's own pause after Graph throttled that WABA (80007,
+//!    80008): wait it out when it ends within `max_wait`, else refuse;
 //! 2. the optional per-WABA budget: a call that would make more than
 //!    `waba_calls_per_hour` in any rolling 60 minutes is refused, so the budget
 //!    is never exceeded;
@@ -20,7 +21,10 @@
 //!
 //! A call the governor lets through is recorded at once, so concurrent callers
 //! can never together exceed the budget or skip the pacing. Calls are counted
-//! per minute, so the governor's memory does not grow with the call rate.
+//! per minute, so the governor's memory does not grow with the call rate; usage
+//! is kept for the configured WABAs and at most [`EXTRA_BUSINESS_IDS`] other
+//! business ids Graph reports, each forgotten [`FORGET_BUSINESS_AFTER`] after
+//! Graph last named it, so a hostile header cannot grow it without end.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -41,6 +45,11 @@ pub fn waba_key(waba_id: &str) -> &str {
 }
 /// The longest throttle backoff when Graph gives no estimate.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Business ids in usage headers tracked besides the configured WABAs.
+pub const EXTRA_BUSINESS_IDS: usize = 10;
+/// A business id that is not a configured WABA is forgotten (its usage and
+/// series) once Graph has not named it for this long.
+pub const FORGET_BUSINESS_AFTER: Duration = Duration::from_secs(3600);
 
 /// Why a call waited before going out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,8 +81,12 @@ impl WaitReason {
 /// Why a call was not made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Refusal {
-    /// The client is paused after throttling for longer than a call waits.
+    /// The client is paused after Graph throttled the app, for longer than a
+    /// call waits.
     ThrottlePause,
+    /// The call's WABA is paused after Graph throttled it (80007, 80008), for
+    /// longer than a call waits.
+    WabaThrottlePause,
     /// Usage is at or above `stop_at` and the next probe is not due.
     UsageHigh,
     /// The WABA's calls in the last 60 minutes reached `waba_calls_per_hour`.
@@ -81,12 +94,22 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 3] = [Refusal::ThrottlePause, Refusal::UsageHigh, Refusal::Budget];
+    pub const ALL: [Refusal; 4] = [
+        Refusal::ThrottlePause,
+        Refusal::WabaThrottlePause,
+        Refusal::UsageHigh,
+        Refusal::Budget,
+    ];
 
     /// What the refusal means, for logs and errors.
     pub fn describe(self) -> &'static str {
         match self {
-            Refusal::ThrottlePause => "paused after Graph throttled, for longer than a call waits",
+            Refusal::ThrottlePause => {
+                "paused after Graph throttled the app, for longer than a call waits"
+            }
+            Refusal::WabaThrottlePause => {
+                "the WABA is paused after Graph throttled it, for longer than a call waits"
+            }
             Refusal::UsageHigh => {
                 "the rate-limit usage Graph reported is at or above rate_limit.stop_at"
             }
@@ -101,6 +124,7 @@ impl Refusal {
     pub fn label(self) -> &'static str {
         match self {
             Refusal::ThrottlePause => "throttle_pause",
+            Refusal::WabaThrottlePause => "waba_throttle_pause",
             Refusal::UsageHigh => "usage_high",
             Refusal::Budget => "budget",
         }
@@ -128,8 +152,17 @@ pub enum Decision {
 pub struct WabaState {
     pub calls_last_hour: u64,
     pub budget: Option<u32>,
-    /// Calls for this WABA are refused now (budget used up or usage too high).
+    /// Calls for this WABA are refused now (budget used up, usage too high, or
+    /// paused after Graph throttled it).
     pub refusing: bool,
+}
+
+/// A pause of one WABA's calls after Graph throttled them.
+#[derive(Debug, Clone, Copy)]
+struct Pause {
+    until: Instant,
+    /// Throttled answers in a row for this WABA; the exponent of its backoff.
+    streak: u32,
 }
 
 /// One usage figure: the highest of a header's percentages, as a fraction.
@@ -188,6 +221,12 @@ pub struct Governor {
     paused_until: Option<Instant>,
     /// Throttled answers in a row; the exponent of the backoff.
     throttle_streak: u32,
+    /// WABAs Graph throttled on their own (80007, 80008), by WABA key.
+    waba_pauses: HashMap<String, Pause>,
+    /// The configured WABAs: their usage is always kept.
+    configured: Vec<String>,
+    /// Other business ids whose usage is kept, with when Graph last named them.
+    extra_ids: HashMap<String, Instant>,
     /// A throttled call is waiting out the pause to try once more; the other
     /// calls throttled meanwhile give up rather than all coming back at once.
     throttle_retry_taken: bool,
@@ -211,6 +250,9 @@ impl Governor {
             epoch: None,
             paused_until: None,
             throttle_streak: 0,
+            waba_pauses: HashMap::new(),
+            configured: wabas.to_vec(),
+            extra_ids: HashMap::new(),
             throttle_retry_taken: false,
         }
     }
@@ -221,6 +263,7 @@ impl Governor {
     /// metrics from now on; WABAs removed leave them (and their count).
     pub fn reconfigure(&mut self, cfg: RateLimitConfig, wabas: &[String]) {
         self.cfg = cfg;
+        self.configured = wabas.to_vec();
         self.calls
             .retain(|w, _| w == UNKNOWN_WABA || wabas.iter().any(|c| c == w));
         for w in wabas {
@@ -230,8 +273,16 @@ impl Governor {
 
     /// Records the usage of one answer: the app's figure and each business
     /// object's (several use-case readings of one object count as their highest),
-    /// as fractions of the allowance (1.0 = 100 %).
-    pub fn observe(&mut self, app: Option<f64>, business: &[(String, f64)], now: Instant) {
+    /// as fractions of the allowance (1.0 = 100 %). Keeps the configured WABAs'
+    /// usage and that of at most [`EXTRA_BUSINESS_IDS`] other ids; returns the
+    /// other ids it forgot because Graph has not named them for
+    /// [`FORGET_BUSINESS_AFTER`].
+    pub fn observe(
+        &mut self,
+        app: Option<f64>,
+        business: &[(String, f64)],
+        now: Instant,
+    ) -> Vec<String> {
         let stop_at = self.cfg.stop_at;
         let cool_down = self.cfg.cool_down;
         let update = |source: &mut Source, usage: f64| {
@@ -250,9 +301,46 @@ impl Governor {
             let e = highest.entry(id.as_str()).or_insert(*u);
             *e = e.max(*u);
         }
-        for (id, u) in highest {
-            update(self.business.entry(id.to_owned()).or_default(), u);
+        let mut ids: Vec<(&str, f64)> = highest.into_iter().collect();
+        ids.sort_by(|a, b| a.0.cmp(b.0));
+        for (id, u) in ids {
+            if self.admit_business(id, now) {
+                update(self.business.entry(id.to_owned()).or_default(), u);
+            }
         }
+        let forgotten: Vec<String> = self
+            .extra_ids
+            .iter()
+            .filter(|(_, seen)| now.saturating_duration_since(**seen) >= FORGET_BUSINESS_AFTER)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &forgotten {
+            self.extra_ids.remove(id);
+            self.business.remove(id);
+        }
+        forgotten
+    }
+
+    /// Whether usage of `id` is kept: a configured WABA, or one of the other
+    /// ids while there is room for them (seen now).
+    fn admit_business(&mut self, id: &str, now: Instant) -> bool {
+        if self.configured.iter().any(|w| w == id) {
+            return true;
+        }
+        if let Some(seen) = self.extra_ids.get_mut(id) {
+            *seen = now;
+            return true;
+        }
+        if self.extra_ids.len() < EXTRA_BUSINESS_IDS {
+            self.extra_ids.insert(id.to_owned(), now);
+            return true;
+        }
+        false
+    }
+
+    /// Whether usage of the business id is kept (see [`Governor::observe`]).
+    pub fn tracks_business(&self, id: &str) -> bool {
+        self.configured.iter().any(|w| w == id) || self.extra_ids.contains_key(id)
     }
 
     /// A throttled answer: pauses every call for `regain` (Graph's estimate) or,
@@ -302,9 +390,65 @@ impl Governor {
         pause
     }
 
-    /// An answer that is not throttling: the backoff starts over.
-    pub fn answered(&mut self) {
+    /// Graph throttled the calls of one WABA (80007, 80008): pauses that
+    /// WABA's calls for `regain` or, without it, for `backoff x 2^(its
+    /// throttled answers in a row)` scaled by `jitter`. Other WABAs' calls go
+    /// on. Returns the pause.
+    pub fn throttled_waba(
+        &mut self,
+        waba: &str,
+        now: Instant,
+        regain: Option<Duration>,
+        backoff: Duration,
+        jitter: f64,
+    ) -> Duration {
+        let previous = self.waba_pauses.get(waba).copied();
+        let same_episode = previous.is_some_and(|p| p.until > now);
+        let streak = previous.map_or(0, |p| p.streak);
+        let step = if same_episode {
+            streak.saturating_sub(1)
+        } else {
+            streak
+        };
+        let pause = regain.unwrap_or_else(|| {
+            backoff
+                .saturating_mul(1 << step.min(10))
+                .mul_f64(jitter.clamp(0.5, 1.0))
+                .min(MAX_BACKOFF)
+        });
+        let until = (now + pause).max(previous.map_or(now, |p| p.until));
+        let streak = if same_episode {
+            streak
+        } else {
+            streak.saturating_add(1)
+        };
+        self.waba_pauses
+            .insert(waba.to_owned(), Pause { until, streak });
+        // As for the app: with Graph's estimate, the WABA's usage at or above
+        // stop_at gets its probe when the pause ends, not after cool_down.
+        if regain.is_some() {
+            let stop_at = self.cfg.stop_at;
+            if let Some(s) = self.business.get_mut(waba).filter(|s| s.usage >= stop_at) {
+                s.probe_at = Some(until);
+            }
+        }
+        pause
+    }
+
+    /// An answer that is not throttling: the backoff starts over (the app's,
+    /// and the WABA's the call counted against).
+    pub fn answered(&mut self, waba: &str) {
         self.throttle_streak = 0;
+        self.waba_pauses.remove(waba);
+    }
+
+    /// How long the pause of `waba`'s calls after Graph throttled them lasts
+    /// from `now`, if any.
+    pub fn waba_paused_for(&self, waba: &str, now: Instant) -> Option<Duration> {
+        self.waba_pauses
+            .get(waba)
+            .and_then(|p| p.until.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
     }
 
     /// A throttled call asks whether it may wait out the pause and try again.
@@ -348,15 +492,21 @@ impl Governor {
 
     /// Decides about one call for `waba` at `now`; a `Go` is recorded as a call.
     pub fn decide(&mut self, waba: &str, now: Instant) -> Decision {
-        if let Some(left) = self.paused_for(now) {
-            return if left <= self.max_wait {
-                Decision::Wait {
-                    until: now + left,
-                    reason: WaitReason::Throttle,
-                }
-            } else {
-                Decision::Refuse(Refusal::ThrottlePause)
-            };
+        let pauses = [
+            (self.paused_for(now), Refusal::ThrottlePause),
+            (self.waba_paused_for(waba, now), Refusal::WabaThrottlePause),
+        ];
+        for (left, refusal) in pauses {
+            if let Some(left) = left {
+                return if left <= self.max_wait {
+                    Decision::Wait {
+                        until: now + left,
+                        reason: WaitReason::Throttle,
+                    }
+                } else {
+                    Decision::Refuse(refusal)
+                };
+            }
         }
         if let Some(budget) = self.cfg.waba_calls_per_hour {
             if self.calls_last_hour(waba, now) >= u64::from(budget) {
@@ -440,8 +590,11 @@ impl Governor {
                 let calls_last_hour = self.calls_last_hour(&waba, now);
                 let budget = self.cfg.waba_calls_per_hour;
                 let usage_high = self.usage_for(&waba) >= self.cfg.stop_at;
+                let paused = self
+                    .waba_paused_for(&waba, now)
+                    .is_some_and(|left| left > self.max_wait);
                 let refusing =
-                    usage_high || budget.is_some_and(|b| calls_last_hour >= u64::from(b));
+                    usage_high || paused || budget.is_some_and(|b| calls_last_hour >= u64::from(b));
                 (
                     waba,
                     WabaState {
@@ -760,7 +913,7 @@ mod tests {
         assert_eq!(g.throttled(t3, None, 10 * MS, 0.5), 40 * MS);
         let t4 = t3 + 40 * MS;
         assert_eq!(g.throttled(t4, None, 10 * MS, 1.0), 160 * MS);
-        g.answered();
+        g.answered(A);
         assert_eq!(
             g.throttled(t4, None, 10 * MS, 0.75),
             Duration::from_micros(7500)
@@ -797,5 +950,62 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_throttled_waba_pauses_that_waba_only() {
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        let regain = Duration::from_secs(300);
+        assert_eq!(g.throttled_waba(A, t0, Some(regain), 10 * MS, 1.0), regain);
+        assert_eq!(
+            g.decide(A, t0 + SEC),
+            Decision::Refuse(Refusal::WabaThrottlePause)
+        );
+        go(&mut g, B, t0 + SEC);
+        assert_eq!(g.paused_for(t0 + SEC), None, "the app is not paused");
+        assert!(g.states(t0 + SEC)[0].1.refusing);
+        assert!(!g.states(t0 + SEC)[1].1.refusing);
+        go(&mut g, A, t0 + regain);
+        g.answered(A);
+        // A short pause is waited out, like the app's.
+        g.throttled_waba(A, t0 + regain, None, 10 * MS, 1.0);
+        assert_eq!(
+            g.decide(A, t0 + regain),
+            Decision::Wait {
+                until: t0 + regain + 10 * MS,
+                reason: WaitReason::Throttle
+            }
+        );
+        // Without an estimate, the WABA's backoff doubles with its own streak.
+        let t1 = t0 + regain + 10 * MS;
+        assert_eq!(g.throttled_waba(A, t1, None, 10 * MS, 1.0), 20 * MS);
+        g.answered(A);
+        assert_eq!(g.waba_paused_for(A, t1), None);
+    }
+
+    #[test]
+    fn usage_is_kept_for_configured_wabas_and_a_few_others_for_a_while() {
+        let mut g = governor(cfg());
+        let t0 = Instant::now();
+        let many: Vec<(String, f64)> = (0..10_000).map(|i| (format!("9{i:05}"), 0.5)).collect();
+        let mut all = many.clone();
+        all.push((A.to_owned(), 0.99));
+        assert!(g.observe(None, &all, t0).is_empty());
+        assert!(
+            g.business.len() <= EXTRA_BUSINESS_IDS + 1,
+            "{}",
+            g.business.len()
+        );
+        assert!(g.tracks_business(A));
+        assert_eq!(g.decide(A, t0), Decision::Refuse(Refusal::UsageHigh));
+        // The others are forgotten an hour after Graph last named them.
+        let later = t0 + FORGET_BUSINESS_AFTER;
+        let forgotten = g.observe(None, &[(A.to_owned(), 0.1)], later);
+        assert_eq!(forgotten.len(), EXTRA_BUSINESS_IDS);
+        assert!(g.observe(None, &[], later).is_empty(), "forgotten once");
+        assert_eq!(g.business.len(), 1);
+        assert!(!g.tracks_business(&many[0].0));
+        assert!(g.tracks_business(A), "a configured WABA is never forgotten");
     }
 }

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::exporter::{self, Exporter, ReloadError};
+use crate::exporter::{self, Exporter, Readiness, ReloadError};
 use crate::web::{Web, WebConfig};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -307,11 +307,14 @@ fn route(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
         "/metrics" => metrics(exporter, req),
         "/" => html(landing_page(exporter)),
         "/-/healthy" => plain(StatusCode::OK, "OK\n"),
-        "/-/ready" if exporter.is_ready() => plain(StatusCode::OK, "OK\n"),
-        "/-/ready" => plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the first poll has not finished\n",
-        ),
+        "/-/ready" => match exporter.readiness() {
+            Readiness::Ready => plain(StatusCode::OK, "OK\n"),
+            Readiness::NotReady(why) => {
+                let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "");
+                *r.body_mut() = Chunks::one(format!("not ready: {why}\n"));
+                r
+            }
+        },
         _ => plain(StatusCode::NOT_FOUND, "not found; try /metrics\n"),
     };
     if req.method() == Method::HEAD {
@@ -457,18 +460,39 @@ fn landing_page(exporter: &Exporter) -> String {
          <a href=\"/metrics\">/metrics</a> · <a href=\"/-/healthy\">/-/healthy</a> · \
          <a href=\"/-/ready\">/-/ready</a></p>",
     );
+    let ready = match exporter.readiness() {
+        Readiness::Ready => "yes".to_owned(),
+        Readiness::NotReady(why) => format!("no: {}", esc(&why)),
+    };
     let _ = write!(
         page,
-        "<p>Version {}. Ready: {}. Graph API {} at {}.</p>",
+        "<p>Version {}. Ready: {ready}. Graph API {} at {}.</p>",
         env!("CARGO_PKG_VERSION"),
-        if exporter.is_ready() {
-            "yes"
-        } else {
-            "no (first poll running)"
-        },
         esc(&exporter.config().graph.api_version),
         esc(&exporter.config().graph.base_url),
     );
+    let wabas = exporter.waba_rows();
+    if !wabas.is_empty() {
+        page.push_str("<h2>Discovery</h2><table><tr><th>WABA</th><th>last listed</th><th>last listing</th></tr>");
+        for (waba, state) in wabas {
+            let last = match state.last_success {
+                Some(t) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                None => "never".into(),
+            };
+            let status = match (state.last_error, state.truncated) {
+                (Some(class), _) => format!("failing: {}", class.label()),
+                (None, Some(t)) => format!("cut short: {}", esc(&t.describe())),
+                (None, None) if state.last_success.is_some() => "ok".to_owned(),
+                (None, None) => "not listed yet".to_owned(),
+            };
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{last}</td><td>{status}</td></tr>",
+                esc(&waba)
+            );
+        }
+        page.push_str("</table><h2>Flows</h2>");
+    }
     page.push_str("<table><tr><th>flow id</th><th>name</th><th>WABA</th><th>status</th><th>can_send_message</th><th>polled</th>");
     for g in &granularities {
         let _ = write!(page, "<th>last answer ({})</th>", g.label());

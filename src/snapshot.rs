@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 
 use crate::config::StaticFlow;
 use crate::error::{CallError, ErrorClass};
-use crate::model::{DataPoint, Flow, FlowSource, FlowStatus, Granularity, MetricKind};
+use crate::model::{
+    DataPoint, Flow, FlowSource, FlowStatus, Granularity, Listing, MetricKind, Truncation,
+};
 use crate::ratelimit::Refusal;
 
 /// Why a call got no answer (a cell's last poll, a WABA's last listing): the
@@ -80,6 +82,10 @@ pub type Cells = BTreeMap<(String, MetricKind), Cell>;
 pub struct WabaState {
     pub last_success: Option<DateTime<Utc>>,
     pub last_error: Option<FailureClass>,
+    /// The last successful listing was cut short (its flows are kept).
+    pub truncated: Option<Truncation>,
+    /// Entries of the last successful listing that were not flows.
+    pub skipped_entries: usize,
 }
 
 /// Everything the exporter shows.
@@ -111,7 +117,7 @@ impl Snapshot {
     pub fn apply_discovery(
         &mut self,
         statics: &[StaticFlow],
-        results: Vec<(String, Result<Vec<Flow>, CallError>)>,
+        results: Vec<(String, Result<Listing, CallError>)>,
         now: DateTime<Utc>,
     ) {
         let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
@@ -121,10 +127,12 @@ impl Snapshot {
         for (waba, result) in results {
             let state = self.wabas.entry(waba.clone()).or_default();
             match result {
-                Ok(list) => {
+                Ok(listing) => {
                     state.last_success = Some(now);
                     state.last_error = None;
-                    for f in list {
+                    state.truncated = listing.truncated;
+                    state.skipped_entries = listing.skipped.len();
+                    for f in listing.flows {
                         flows.insert(f.id.clone(), f);
                     }
                 }

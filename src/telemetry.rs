@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::{ApiHealth, Endpoint, Outcome, Validity};
@@ -51,6 +51,8 @@ impl PollResult {
 }
 
 const NS: &str = "whatsapp_flows_exporter";
+/// Use-case types of one business id with usage series; more are dropped.
+pub const MAX_USAGE_TYPES: usize = 4;
 
 /// Live self-metrics of one exporter instance.
 #[derive(Debug)]
@@ -75,8 +77,12 @@ pub struct Telemetry {
     rate_limit_wabas: std::sync::Mutex<std::collections::BTreeSet<String>>,
     pause: Gauge,
     served_version: IntGaugeVec,
-    token_valid: IntGauge,
-    api_available: IntGauge,
+    token_valid: IntGaugeVec,
+    api_available: IntGaugeVec,
+    error_types_folded: IntCounter,
+    /// The (business id, type) pairs the usage gauges have series for.
+    usage_series:
+        std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>>,
     exposition_bytes: IntGauge,
     reload_successful: IntGauge,
     reload_success_at: prometheus::Gauge,
@@ -119,7 +125,7 @@ impl Telemetry {
         let calls_saved = IntCounterVec::new(
             opts(
                 "graph_calls_saved_total",
-                "Graph API calls not made, by reason: throttle_pause (the client is paused after throttling for longer than a call waits), usage_high (usage Graph reported is at or above rate_limit.stop_at), budget (the WABA used its rate_limit.waba_calls_per_hour) or poll_halted (a token, API-gone or throttling error stopped the poll).",
+                "Graph API calls not made, by reason. Refused by the rate limit: throttle_pause (the client is paused after Graph throttled the app, for longer than a call waits), waba_throttle_pause (the same for the call's WABA), usage_high (usage Graph reported is at or above rate_limit.stop_at), budget (the WABA used its rate_limit.waba_calls_per_hour). Not attempted by a poll: poll_halted (Graph as a whole fails: token, API gone, app throttled, unreachable), flow_timed_out (a call of the flow ran out of time in this poll), waba_paused (Graph throttled the flow's WABA in this poll).",
             ),
             &["reason"],
         )
@@ -227,14 +233,25 @@ impl Telemetry {
             &["configured", "served"],
         )
         .expect("valid metric");
-        let token_valid = IntGauge::with_opts(opts(
-            "token_valid",
-            "0 after Graph rejected the access token (code 190) until a call succeeds again, else 1.",
-        ))
+        let token_valid = IntGaugeVec::new(
+            opts(
+                "token_valid",
+                "1 once Graph accepted the access token (an answer with data or 139006), 0 after Graph rejected it (code 190) until it accepts it again; absent until Graph has answered a call with the token in use.",
+            ),
+            &[],
+        )
         .expect("valid metric");
-        let api_available = IntGauge::with_opts(opts(
-            "metrics_api_available",
-            "0 after Graph answered that the Flows Metrics API field does not exist (code 100 on `metric`) until a metric call succeeds again, else 1.",
+        let api_available = IntGaugeVec::new(
+            opts(
+                "metrics_api_available",
+                "1 once a metric call was answered (data or 139006), 0 after Graph answered that the Flows Metrics API field does not exist (code 100 on `metric`) until a metric call is answered again; absent until Graph has answered a metric call.",
+            ),
+            &[],
+        )
+        .expect("valid metric");
+        let error_types_folded = IntCounter::with_opts(opts(
+            "error_types_folded_total",
+            "Error-type keys Meta does not document that were summed into error_type=\"other\" because a flow's period had more than limits.unknown_error_types of them.",
         ))
         .expect("valid metric");
         let exposition_bytes = IntGauge::with_opts(opts(
@@ -272,8 +289,6 @@ impl Telemetry {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        token_valid.set(1);
-        api_available.set(1);
         reload_successful.set(1);
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
@@ -300,6 +315,7 @@ impl Telemetry {
             Box::new(token_valid.clone()),
             Box::new(api_available.clone()),
             Box::new(exposition_bytes.clone()),
+            Box::new(error_types_folded.clone()),
             Box::new(reload_successful.clone()),
             Box::new(reload_success_at.clone()),
             Box::new(reloads.clone()),
@@ -331,6 +347,8 @@ impl Telemetry {
             served_version,
             token_valid,
             api_available,
+            error_types_folded,
+            usage_series: Default::default(),
             exposition_bytes,
             reload_successful,
             reload_success_at,
@@ -351,10 +369,24 @@ impl Telemetry {
     /// What Graph last said of the access token and of the Metrics API; set
     /// by the Graph client, which owns that state.
     pub fn set_api_health(&self, health: ApiHealth) {
-        self.token_valid
-            .set(i64::from(health.token != Validity::Rejected));
-        self.api_available
-            .set(i64::from(health.metrics_api != Validity::Rejected));
+        for (gauge, validity) in [
+            (&self.token_valid, health.token),
+            (&self.api_available, health.metrics_api),
+        ] {
+            match validity {
+                Validity::Unknown => {
+                    let _ = gauge.remove_label_values::<&str>(&[]);
+                }
+                known => gauge
+                    .with_label_values::<&str>(&[])
+                    .set(i64::from(known == Validity::Accepted)),
+            }
+        }
+    }
+
+    /// `n` error-type keys were summed into `other`.
+    pub fn error_types_folded(&self, n: usize) {
+        self.error_types_folded.inc_by(n as u64);
     }
 
     /// Creates the series of every job and endpoint at 0, so that rates and
@@ -447,7 +479,19 @@ impl Telemetry {
             .inc_by(n);
     }
 
+    /// One usage reading. A business id gets series for at most
+    /// [`MAX_USAGE_TYPES`] use-case types; readings of more are dropped.
     pub fn record_usage(&self, u: &Usage) {
+        if u.scope == "business_use_case" {
+            let mut series = self.usage_series.lock().unwrap_or_else(|e| e.into_inner());
+            let types = series.entry(u.business_id.clone()).or_default();
+            if !types.contains(&u.kind) {
+                if types.len() >= MAX_USAGE_TYPES {
+                    return;
+                }
+                types.insert(u.kind.clone());
+            }
+        }
         for (kind, pct) in [
             ("call_count", u.call_count),
             ("total_cputime", u.total_cputime),
@@ -461,6 +505,27 @@ impl Telemetry {
             self.regain
                 .with_label_values(&[&u.business_id, &u.kind])
                 .set(u.regain_minutes.unwrap_or(0.0) * 60.0);
+        }
+    }
+
+    /// Removes the usage series of business ids the governor forgot.
+    pub fn forget_business_usage(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut series = self.usage_series.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            for kind_type in series.remove(id).unwrap_or_default() {
+                for kind in ["call_count", "total_cputime", "total_time"] {
+                    let _ = self.usage.remove_label_values(&[
+                        "business_use_case",
+                        id,
+                        &kind_type,
+                        kind,
+                    ]);
+                }
+                let _ = self.regain.remove_label_values(&[id, &kind_type]);
+            }
         }
     }
 

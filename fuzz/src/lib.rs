@@ -6,6 +6,7 @@
 //! every machine even where cargo-fuzz cannot.
 
 use flows_exporter::config::Config;
+use flows_exporter::error::Redactor;
 use flows_exporter::flowdata::{self, LatencyHistogram, PointSamples};
 use flows_exporter::graph::wire;
 use flows_exporter::model::{Granularity, MetricKind};
@@ -14,6 +15,20 @@ use flows_exporter::model::{Granularity, MetricKind};
 /// limit plus the three bytes of `…`.
 fn within(s: &str, limit: usize) -> bool {
     s.len() <= limit + '…'.len_utf8()
+}
+
+/// A secret the checks redact: no parsed text may carry it.
+const SECRET: &str = "EAAfuzz-secret-token";
+
+fn redactor() -> Redactor {
+    Redactor::new([SECRET])
+}
+
+fn check_no_secret(what: &str, debug: &str) {
+    assert!(
+        !debug.contains(SECRET),
+        "{what} carries the secret: {debug}"
+    );
 }
 
 fn check_value(v: f64, what: &str) {
@@ -36,20 +51,41 @@ pub fn check_histogram(h: &LatencyHistogram) {
     assert!(h.count >= previous, "count below the last bucket: {h:?}");
 }
 
-/// A metric answer, parsed as the answer to every metric and granularity: when
-/// it parses, points are in time order, every value is finite and >= 0, and the
-/// samples it flattens to keep those properties (histograms stay cumulative).
+/// A metric answer, parsed as the answer to every metric and granularity of
+/// the flow it names: when it parses, period starts are unique and in time
+/// order, every value is finite and >= 0 (counts whole, the error rate at most
+/// 1), no key carries the secret, and the samples it flattens to keep those
+/// properties (histograms stay cumulative). An error never carries the secret.
 pub fn metric_answer(data: &[u8]) {
+    let flow_id = serde_json::from_slice::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "761204397754120".to_owned());
+    let redact = redactor();
     // Every metric and granularity, so one input is checked as the answer to each query.
     for metric in MetricKind::ALL {
         for g in Granularity::ALL {
-            let Ok(points) = wire::parse_metric_answer(data, metric, g) else {
-                continue;
+            let points = match wire::parse_metric_answer(data, &flow_id, metric, g, &redact) {
+                Ok(points) => points,
+                Err(e) => {
+                    check_no_secret("error", &format!("{e:?}"));
+                    continue;
+                }
             };
-            assert!(points.windows(2).all(|w| w[0].start <= w[1].start));
+            assert!(points.windows(2).all(|w| w[0].start < w[1].start));
             for p in &points {
                 for (key, v) in &p.values {
                     check_value(*v, key);
+                    check_no_secret("key", key);
+                    if metric == MetricKind::RequestErrorRate {
+                        assert!(*v <= 1.0, "error rate {v}");
+                    } else {
+                        assert_eq!(v.fract(), 0.0, "count {v}");
+                    }
+                }
+                if metric == MetricKind::RequestError {
+                    let (folded, _) = flowdata::fold_error_types(p.values.clone(), 3);
+                    assert!(folded.len() <= flowdata::KNOWN_ERROR_TYPES.len() + 3 + 1);
                 }
                 match flowdata::point_samples(metric, &p.values) {
                     Ok(PointSamples::None) | Err(_) => {}
@@ -70,14 +106,21 @@ pub fn metric_answer(data: &[u8]) {
 }
 
 /// A flow listing page: every flow id is a non-empty run of digits (it goes into
-/// a URL path) and every flow carries the WABA asked for.
+/// a URL path), every flow carries the WABA asked for, names and other strings
+/// are bounded, and nothing carries the secret.
 pub fn flows_page(data: &[u8]) {
-    let Ok(page) = wire::parse_flows_page(data, "102290129340398") else {
-        return;
+    let page = match wire::parse_flows_page(data, "102290129340398", &redactor()) {
+        Ok(page) => page,
+        Err(e) => return check_no_secret("error", &format!("{e:?}")),
     };
+    check_no_secret("page", &format!("{page:?}"));
     for f in &page.flows {
         assert!(!f.id.is_empty() && f.id.bytes().all(|b| b.is_ascii_digit()));
         assert_eq!(f.waba_id, "102290129340398");
+        assert!(within(&f.name, wire::MAX_NAME_BYTES));
+        assert!(within(f.status.as_str(), wire::MAX_FIELD_BYTES));
+        assert!(within(&f.data_api_version, wire::MAX_FIELD_BYTES));
+        assert!(within(&f.can_send_message, wire::MAX_FIELD_BYTES));
     }
 }
 
@@ -86,7 +129,8 @@ pub fn flows_page(data: &[u8]) {
 /// exactly as `classify` does.
 pub fn graph_error(data: &[u8]) {
     for status in [200, 400, 401, 403, 404, 429, 500, 503] {
-        let e = flows_exporter::error::parse_error(status, data);
+        let e = flows_exporter::error::parse_error(status, data, &redactor());
+        check_no_secret("error", &format!("{e:?}"));
         assert_eq!(e.http_status, Some(status));
         assert!(
             within(&e.message, 300),
@@ -110,7 +154,8 @@ pub fn usage_headers(data: &[u8]) {
         return;
     };
     let app = wire::parse_app_usage(header);
-    let business = wire::parse_business_usage(header);
+    let business = wire::parse_business_usage(header, &redactor());
+    check_no_secret("usage", &format!("{business:?}"));
     for u in app.iter().chain(&business) {
         check_value(u.call_count, "call_count");
         check_value(u.total_cputime, "total_cputime");

@@ -21,6 +21,7 @@ use flows_exporter::config::{Config, Secret};
 use flows_exporter::error::ErrorClass;
 use flows_exporter::model::{Clock, Granularity, MetricKind};
 use flows_exporter::sandbox::{Fault, FaultTarget, Sandbox, Traffic};
+use flows_exporter::snapshot::FailureClass;
 use serde_json::Value;
 
 use crate::support::*;
@@ -214,7 +215,9 @@ fn check_summary(summary: &Summary, expected: &Samples, sandbox: &Sandbox) {
     assert_eq!(summary.flows, polled);
     // HOUR: 31 dates in weeks = 5 chunks; DAY: one chunk; 5 metrics each.
     assert_eq!(
-        summary.skipped.get(&ErrorClass::InsufficientData),
+        summary
+            .skipped
+            .get(&FailureClass::Graph(ErrorClass::InsufficientData)),
         Some(&(5 * (5 + 1))),
         "{summary}"
     );
@@ -610,27 +613,36 @@ async fn remote_write_into_victoria_metrics() {
 
 #[tokio::test]
 async fn throttling_waits_and_retries_instead_of_skipping() {
-    let s = setup().await;
-    // One call is throttled 4 times in a row: more than the client's own
-    // attempts (1 + 2 retries), so the backfill must wait and ask again.
-    s.sb.sandbox.inject(
-        FaultTarget::Metrics {
-            flow_id: Some("1180349906393871".to_owned()),
-            metric: Some(MetricKind::RequestCount),
-            granularity: Some(Granularity::Day),
-        },
-        Fault {
-            status: 400,
-            body: Sandbox::graph_error_body(80008, Some(2494055), "Too many calls"),
-            delay: Duration::ZERO,
-            times: Some(4),
-        },
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let summary = run(&s, Output::File(dir.path().join("t.om")))
-        .await
-        .expect("backfill");
-    assert!(summary.throttle_waits >= 1, "{summary}");
-    assert_eq!(summary.graph_calls.get("throttled"), Some(&4), "{summary}");
-    check_summary(&summary, &expected(&s), &s.sb.sandbox);
+    // Graph throttles the app (4) or the flow's WABA (80008); either way the
+    // backfill waits as Graph says and asks again, and loses nothing.
+    for (code, outcome) in [(4, "throttled"), (80008, "waba_throttled")] {
+        let s = setup().await;
+        // One call is throttled 4 times in a row: more than the client's own
+        // attempts (1 + 2 retries), so the backfill must wait and ask again.
+        s.sb.sandbox.inject(
+            FaultTarget::Metrics {
+                flow_id: Some("1180349906393871".to_owned()),
+                metric: Some(MetricKind::RequestCount),
+                granularity: Some(Granularity::Day),
+            },
+            Fault {
+                status: 400,
+                body: Sandbox::graph_error_body(code, None, "Too many calls"),
+                delay: Duration::ZERO,
+                times: Some(4),
+            },
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = run(&s, Output::File(dir.path().join("t.om")))
+            .await
+            .expect("backfill");
+        assert!(summary.throttle_waits >= 1, "{code}: {summary}");
+        assert_eq!(
+            summary.graph_calls.get(outcome),
+            Some(&4),
+            "{code}: {summary}"
+        );
+        assert_eq!(summary.lost(), 0, "{code}: {summary}");
+        check_summary(&summary, &expected(&s), &s.sb.sandbox);
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use flows_exporter::exporter::Readiness;
 use flows_exporter::model::Granularity;
 use flows_exporter::sandbox::{Fault, FaultTarget, Sandbox, Traffic};
 
@@ -98,8 +99,38 @@ async fn wrong_token_is_loud_and_never_leaks() {
     let wrong = "EAAwrong-token-5zK1";
     let ex = exporter_with(&config_text(&sb.base_url, ""), wrong);
     ex.startup().await;
-    assert!(ex.is_ready(), "a failed first poll still ends start-up");
+    // Start-up ends, but nothing was polled: not ready, and it says why.
+    match ex.readiness() {
+        Readiness::NotReady(why) => assert!(
+            why.contains("discovery listed no flows")
+                && why.contains(&format!("WABA {WABA_1}: token")),
+            "{why}"
+        ),
+        Readiness::Ready => panic!("ready although discovery listed nothing"),
+    }
     let text = scrape(&ex);
+    for poll in ["hour", "day", "lifetime"] {
+        assert_eq!(
+            value(
+                &text,
+                &format!(
+                    "whatsapp_flows_exporter_polls_total{{poll=\"{poll}\",result=\"success\"}}"
+                )
+            ),
+            Some(0.0),
+            "{poll}: a poll of nothing is no success"
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!(
+                    "whatsapp_flows_exporter_polls_total{{poll=\"{poll}\",result=\"failed\"}}"
+                )
+            ),
+            Some(1.0),
+            "{poll}"
+        );
+    }
     assert_eq!(
         value(&text, "whatsapp_flows_exporter_token_valid"),
         Some(0.0)
@@ -353,7 +384,7 @@ async fn throttling_is_retried_then_pauses_all_calls() {
         all_metrics(),
         fault(
             400,
-            Sandbox::graph_error_body(80008, Some(2494055), "Too many calls"),
+            Sandbox::graph_error_body(4, None, "Application request limit reached"),
         ),
     );
     let calls_before = sb.sandbox.request_count();

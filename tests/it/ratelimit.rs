@@ -418,7 +418,7 @@ async fn throttling_with_many_calls_in_flight_pauses_them_all() {
         },
         flows_exporter::sandbox::Fault {
             status: 429,
-            body: Sandbox::graph_error_body(80008, Some(2494055), "Too many calls"),
+            body: Sandbox::graph_error_body(4, None, "Application request limit reached"),
             delay: Duration::ZERO,
             times: None,
         },
