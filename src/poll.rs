@@ -287,12 +287,11 @@ pub fn next_cell(previous: Option<&Cell>, outcome: &CallOutcome, now: DateTime<U
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::GraphError;
     use chrono::TimeZone;
 
     fn failed(class: ErrorClass) -> CallOutcome {
-        CallOutcome::Failed(CallError::Failed(crate::error::GraphError::new(
-            class, "test",
-        )))
+        CallOutcome::Failed(CallError::Failed(GraphError::new(class, "test")))
     }
 
     fn at(d: u32, h: u32) -> DateTime<Utc> {
@@ -370,6 +369,114 @@ mod tests {
         );
         let life = crate::config::Config::default_granularity(Granularity::Lifetime);
         assert_eq!(query_since(&life, at(30, 1)), None);
+    }
+
+    /// One step of a policy table: a call of `flow` of `waba` and what it
+    /// ended in (`None`: an answer with data).
+    type Step = (&'static str, &'static str, Option<CallError>);
+
+    fn graph(class: ErrorClass) -> Option<CallError> {
+        Some(CallError::Failed(GraphError::new(class, "test")))
+    }
+
+    fn net(kind: NetworkKind) -> Option<CallError> {
+        Some(CallError::Failed(GraphError::network(kind, "test")))
+    }
+
+    fn refused(r: Refusal) -> Option<CallError> {
+        Some(CallError::Refused(r))
+    }
+
+    /// Feeds the steps to a new policy and returns it.
+    fn after(steps: &[Step]) -> PollPolicy {
+        let mut policy = PollPolicy::new();
+        for (flow, waba, result) in steps {
+            let target = Target {
+                flow_id: flow,
+                waba,
+            };
+            assert_eq!(policy.check(target), None, "{flow} was not to be called");
+            policy.record(target, result.as_ref().map_or(Ok(()), Err));
+        }
+        policy
+    }
+
+    #[test]
+    fn the_poll_policy_table() {
+        use ErrorClass::*;
+        use NetworkKind::*;
+        // (what happened, then: is the poll stopped, and what happens to a
+        // call of flow f9 of WABA w1, of f1 (the first flow) and of f8 of w2)
+        let halted = |h| Some(SkipReason::PollHalted(h));
+        #[rustfmt::skip]
+        let table: Vec<(&str, Vec<Step>, Option<Halt>, [Option<SkipReason>; 3])> = vec![
+            ("answers", vec![("f1", "w1", None), ("f2", "w2", None)], None, [None, None, None]),
+            ("190 stops the poll", vec![("f1", "w1", graph(Token))], Some(Halt::Token), [halted(Halt::Token); 3]),
+            ("API gone stops the poll", vec![("f1", "w1", graph(ApiGone))], Some(Halt::ApiGone), [halted(Halt::ApiGone); 3]),
+            ("the app throttled stops the poll", vec![("f1", "w1", graph(Throttled))], Some(Halt::Throttled), [halted(Halt::Throttled); 3]),
+            ("a refusal for the app's pause stops the poll", vec![("f1", "w1", refused(Refusal::ThrottlePause))], Some(Halt::Throttled), [halted(Halt::Throttled); 3]),
+            ("a throttled WABA pauses that WABA only",
+                vec![("f1", "w1", graph(WabaThrottled))], None,
+                [Some(SkipReason::WabaPaused), Some(SkipReason::WabaPaused), None]),
+            ("a refusal for a WABA's pause pauses that WABA only",
+                vec![("f1", "w1", refused(Refusal::WabaThrottlePause))], None,
+                [Some(SkipReason::WabaPaused), Some(SkipReason::WabaPaused), None]),
+            ("usage and budget refusals are the governor's to repeat",
+                vec![("f1", "w1", refused(Refusal::UsageHigh)), ("f2", "w1", refused(Refusal::Budget))], None, [None, None, None]),
+            ("a timeout ends that flow's calls only",
+                vec![("f1", "w1", net(TimedOut))], None, [None, Some(SkipReason::FlowTimedOut), None]),
+            ("one flow's failures in a row never stop the poll",
+                vec![("f1", "w1", net(Broken)), ("f1", "w1", net(Broken)), ("f1", "w1", net(Broken)), ("f1", "w1", net(Broken))],
+                None, [None, None, None]),
+            ("two flows failing is not yet Graph failing",
+                vec![("f1", "w1", net(TimedOut)), ("f2", "w1", net(TimedOut))], None,
+                [None, Some(SkipReason::FlowTimedOut), None]),
+            ("three different flows failing in a row stop the poll",
+                vec![("f1", "w1", net(TimedOut)), ("f2", "w1", net(Broken)), ("f3", "w2", net(Broken))],
+                Some(Halt::Failing), [halted(Halt::Failing); 3]),
+            ("an answer between them ends the row",
+                vec![("f1", "w1", net(Broken)), ("f2", "w1", net(Broken)), ("f4", "w1", None), ("f3", "w2", net(Broken))],
+                None, [None, None, None]),
+            ("an error answer ends the row too: Graph is there",
+                vec![("f1", "w1", net(Broken)), ("f2", "w1", net(Broken)), ("f4", "w1", graph(Transient)), ("f3", "w2", net(Broken))],
+                None, [None, None, None]),
+            ("139006 ends the row",
+                vec![("f1", "w1", net(Broken)), ("f2", "w1", net(Broken)), ("f4", "w1", graph(InsufficientData)), ("f3", "w2", net(Broken))],
+                None, [None, None, None]),
+            ("a refusal does not end the row: Graph was not asked",
+                vec![("f1", "w1", net(Broken)), ("f2", "w1", net(Broken)), ("f4", "w1", refused(Refusal::Budget)), ("f3", "w2", net(Broken))],
+                Some(Halt::Failing), [halted(Halt::Failing); 3]),
+            ("three connection failures stop the poll, whatever the flows",
+                vec![("f1", "w1", net(Connect)), ("f1", "w1", net(Connect)), ("f1", "w1", net(Connect))],
+                Some(Halt::Unreachable), [halted(Halt::Unreachable); 3]),
+            ("per-call errors concern that call",
+                vec![("f1", "w1", graph(Malformed)), ("f1", "w1", graph(Permission)), ("f1", "w1", graph(InvalidRequest)), ("f1", "w1", graph(Unknown))],
+                None, [None, None, None]),
+        ];
+        for (name, steps, halt, [other, first, other_waba]) in table {
+            let policy = after(&steps);
+            assert_eq!(policy.halt(), halt, "{name}: halt");
+            let check = |flow_id, waba| policy.check(Target { flow_id, waba });
+            assert_eq!(check("f9", "w1"), other, "{name}: another flow of w1");
+            assert_eq!(check("f1", "w1"), first, "{name}: the first flow");
+            assert_eq!(check("f8", "w2"), other_waba, "{name}: a flow of w2");
+        }
+    }
+
+    #[test]
+    fn the_first_halt_is_kept() {
+        let mut policy = after(&[("f1", "w1", graph(ErrorClass::Token))]);
+        policy.record(
+            Target {
+                flow_id: "f2",
+                waba: "w1",
+            },
+            Err(&CallError::Failed(GraphError::new(
+                ErrorClass::Throttled,
+                "late",
+            ))),
+        );
+        assert_eq!(policy.halt(), Some(Halt::Token));
     }
 
     #[test]

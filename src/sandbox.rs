@@ -81,6 +81,12 @@ struct State {
     page_size: usize,
     empty_page_after: Option<usize>,
     latency: Duration,
+    /// Extra delay before the answers to one flow's metric calls.
+    flow_latency: std::collections::HashMap<String, Duration>,
+    /// The listing never ends: past the last flow, empty pages with fresh cursors.
+    endless_paging: bool,
+    /// What every answer sends as `x-fb-trace-id` instead of its own.
+    trace_header: Option<String>,
     /// Checked newest first.
     faults: Vec<(FaultTarget, Fault)>,
     /// Checked newest first; each with how many calls it still answers.
@@ -140,6 +146,10 @@ pub enum Transport {
     /// Status, headers (with the full `content-length`) and the first `after_bytes`
     /// bytes of the body, then the connection is closed.
     TruncatedBody { after_bytes: usize },
+    /// Status, headers (chunked), then the body one byte every `every`, and
+    /// after the body whitespace at the same pace, forever: an answer that
+    /// never ends but never stalls either.
+    Trickle { every: Duration },
     /// A 200 that starts like a metric answer and goes on with whitespace to `bytes`
     /// bytes in all, chunked (no `content-length`), so only a reader that caps what it
     /// reads is safe.
@@ -155,6 +165,8 @@ pub enum UsageHeader {
     Omitted,
     /// This value as is, e.g. with an `estimated_time_to_regain_access` above zero.
     Fixed(String),
+    /// This many business ids no answer named before, at 10 % usage each.
+    FreshIds(usize),
 }
 
 /// Which calls a fault answers; `None` matches anything.
@@ -183,6 +195,9 @@ impl Sandbox {
             page_size: DEFAULT_PAGE_SIZE,
             empty_page_after: None,
             latency: Duration::ZERO,
+            flow_latency: std::collections::HashMap::new(),
+            endless_paging: false,
+            trace_header: None,
             faults: Vec::new(),
             transports: Vec::new(),
             business_usage: UsageHeader::Computed,
@@ -292,6 +307,23 @@ impl Sandbox {
     /// A delay before every answer.
     pub fn set_latency(&self, d: Duration) {
         self.state().latency = d;
+    }
+
+    /// A delay before every answer to a metric call of this flow (on top of
+    /// the latency of every answer); a very long one makes the flow hang.
+    pub fn set_flow_latency(&self, flow_id: &str, d: Duration) {
+        self.state().flow_latency.insert(flow_id.to_owned(), d);
+    }
+
+    /// Makes every WABA's listing endless: after its last flow, Graph keeps
+    /// naming a next page, each with a cursor it never named before.
+    pub fn set_endless_paging(&self, on: bool) {
+        self.state().endless_paging = on;
+    }
+
+    /// What every later answer sends as `x-fb-trace-id` (None: its own).
+    pub fn set_trace_header(&self, value: Option<String>) {
+        self.state().trace_header = value;
     }
 
     pub fn set_token(&self, token: &str) {
@@ -505,10 +537,22 @@ impl Sandbox {
     fn handle(&self, req: &graph::GraphRequest<'_>) -> Reply {
         let now = self.inner.clock.now();
         let trace_id = graph::trace_id(self.inner.serial.fetch_add(1, Ordering::Relaxed));
-        let (routed, latency) = {
+        let (routed, latency, trace_header) = {
             let mut state = self.state();
             let routed = graph::route(&mut state, req, &trace_id, now);
-            (routed, state.latency)
+            let flow_latency = match &routed.answer {
+                graph::Answer::Metric(query) => state
+                    .flow_latency
+                    .get(query.flow_id())
+                    .copied()
+                    .unwrap_or_default(),
+                graph::Answer::Ready { .. } => Duration::ZERO,
+            };
+            (
+                routed,
+                state.latency + flow_latency,
+                state.trace_header.clone(),
+            )
         };
         // Generating a metric's hours happens outside the lock: a 90-day window is
         // thousands of hours, and the benchmark sends many queries at once.
@@ -527,6 +571,25 @@ impl Sandbox {
                 UsageHeader::Computed => Some(computed),
                 UsageHeader::Omitted => None,
                 UsageHeader::Fixed(value) => Some(value.clone()),
+                UsageHeader::FreshIds(n) => {
+                    let first = self.inner.serial.fetch_add(*n as u64, Ordering::Relaxed);
+                    let ids: serde_json::Map<String, serde_json::Value> = (first
+                        ..first + *n as u64)
+                        .map(|i| {
+                            (
+                                (800_000_000_000_000 + i).to_string(),
+                                serde_json::json!([{
+                                    "type": "whatsapp_business_management",
+                                    "call_count": 10,
+                                    "total_cputime": 1,
+                                    "total_time": 2,
+                                    "estimated_time_to_regain_access": 0,
+                                }]),
+                            )
+                        })
+                        .collect();
+                    Some(serde_json::Value::Object(ids).to_string())
+                }
             };
             (app, business)
         };
@@ -534,7 +597,7 @@ impl Sandbox {
         let mut headers = vec![
             ("content-type", "application/json; charset=UTF-8".to_owned()),
             ("facebook-api-version", routed.version),
-            ("x-fb-trace-id", trace_id),
+            ("x-fb-trace-id", trace_header.unwrap_or(trace_id)),
             ("x-app-usage", app_usage),
         ];
         if let Some(value) = business_usage {
@@ -642,6 +705,21 @@ impl Reply {
                     ))
                 });
                 StreamBody::new(head.chain(cut)).boxed_unsync()
+            }
+            Some(Transport::Trickle { every }) => {
+                let mut sent = 0usize;
+                let trickle = futures_util::stream::unfold((), move |()| {
+                    let next = match body.get(sent) {
+                        Some(b) => Bytes::copy_from_slice(&[*b]),
+                        None => Bytes::from_static(b" "),
+                    };
+                    sent += 1;
+                    async move {
+                        tokio::time::sleep(every).await;
+                        Some((Ok(Frame::data(next)), ()))
+                    }
+                });
+                StreamBody::new(trickle).boxed_unsync()
             }
             Some(Transport::Oversized { bytes }) => {
                 status = 200;

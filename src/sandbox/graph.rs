@@ -79,6 +79,12 @@ pub(super) struct MetricQuery {
     window: Window,
 }
 
+impl MetricQuery {
+    pub(super) fn flow_id(&self) -> &str {
+        &self.flow.id
+    }
+}
+
 impl Answer {
     fn ok(body: String) -> Answer {
         Answer::Ready {
@@ -404,6 +410,22 @@ fn flows_page(
     };
 
     let flows: Vec<&SandboxFlow> = state.flows.iter().filter(|f| f.waba_id == waba).collect();
+    if cursor.offset >= flows.len() && state.endless_paging {
+        // A paging bug of the kind a client must survive: one more empty page,
+        // with a cursor never named before, again and again.
+        let next = Cursor {
+            offset: cursor.offset + 1,
+            empty_page: false,
+        };
+        let url = format!(
+            "{GRAPH_ORIGIN}/{version}/{waba}/flows?limit={limit}&after={}",
+            next.encode()
+        );
+        return Ok(Answer::ok(
+            json!({"data": [], "paging": {"cursors": {"before": cursor.encode(), "after": next.encode()}, "next": url}})
+                .to_string(),
+        ));
+    }
     if cursor.offset >= flows.len() {
         // Like Graph, an empty result carries no paging at all.
         return Ok(Answer::ok(json!({ "data": [] }).to_string()));
@@ -422,7 +444,7 @@ fn flows_page(
             .iter()
             .map(|flow| flow_json(flow, &fields))
             .collect();
-        let next = (end < flows.len()).then(|| Cursor {
+        let next = (end < flows.len() || state.endless_paging).then(|| Cursor {
             offset: end,
             empty_page: state.empty_page_after == Some(cursor.offset / limit),
         });

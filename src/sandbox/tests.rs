@@ -1019,3 +1019,112 @@ async fn business_usage_header_can_be_omitted_or_fixed() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_knobs_for_hostile_graphs() {
+    let server = Running::start(realistic()).await;
+    let path = format!(
+        "/v23.0/{APPOINTMENTS}?fields=metric.name(ENDPOINT_REQUEST_COUNT).granularity(DAY)"
+    );
+
+    // One flow's calls are slow; the listing and other flows are not.
+    server
+        .sandbox
+        .set_flow_latency(APPOINTMENTS, Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(server.get(&path).await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let started = Instant::now();
+    server
+        .get(&format!("/v23.0/{}/flows", REALISTIC_WABA_IDS[0]))
+        .await;
+    assert!(started.elapsed() < Duration::from_millis(300));
+    server
+        .sandbox
+        .set_flow_latency(APPOINTMENTS, Duration::ZERO);
+
+    // Fresh business ids on every answer.
+    server
+        .sandbox
+        .set_business_usage_header(UsageHeader::FreshIds(50));
+    let ids = |answer: &HttpAnswer| -> Vec<String> {
+        let header = answer.header("x-business-use-case-usage").expect("header");
+        let usage: Value = serde_json::from_str(header).expect("JSON");
+        usage.as_object().expect("object").keys().cloned().collect()
+    };
+    let first = ids(&server.get(&path).await);
+    let second = ids(&server.get(&path).await);
+    assert_eq!((first.len(), second.len()), (50, 50));
+    assert!(
+        first.iter().all(|id| !second.contains(id)),
+        "never the same id twice"
+    );
+    server
+        .sandbox
+        .set_business_usage_header(UsageHeader::Computed);
+
+    // The trace id header says what it is told.
+    server
+        .sandbox
+        .set_trace_header(Some("trace-told".to_owned()));
+    assert_eq!(
+        server.get(&path).await.header("x-fb-trace-id"),
+        Some("trace-told")
+    );
+    server.sandbox.set_trace_header(None);
+
+    // Endless paging: past the last flow, a next page with a new cursor.
+    server.sandbox.set_endless_paging(true);
+    let mut cursors = std::collections::BTreeSet::new();
+    let mut next = format!("/v23.0/{}/flows?limit=100", REALISTIC_WABA_IDS[1]);
+    for _ in 0..5 {
+        let page = server.get(&next).await.json();
+        let url = page["paging"]["next"].as_str().expect("always a next page");
+        let after = page["paging"]["cursors"]["after"]
+            .as_str()
+            .expect("cursor")
+            .to_owned();
+        assert!(cursors.insert(after), "a fresh cursor");
+        next = url
+            .strip_prefix("https://graph.facebook.com")
+            .expect("Graph's host")
+            .to_owned();
+    }
+    server.sandbox.set_endless_paging(false);
+
+    // A trickling answer: one byte at a time, never ending.
+    server.sandbox.inject_transport(
+        FaultTarget::Metrics {
+            flow_id: Some(APPOINTMENTS.to_owned()),
+            metric: None,
+            granularity: None,
+        },
+        Transport::Trickle {
+            every: Duration::from_millis(10),
+        },
+        Some(1),
+    );
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!("a trickle never ends"),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => {}
+        }
+    }
+    let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
+    // About 50 bytes of body in 500 ms (chunked framing adds some).
+    let body = got.len() - body_start;
+    assert!((20..400).contains(&body), "{body} bytes in 500 ms");
+    drop(stream);
+    server.stop().await;
+}
