@@ -374,6 +374,14 @@ mod tests {
     /// One step of a policy table: a call of `flow` of `waba` and what it
     /// ended in (`None`: an answer with data).
     type Step = (&'static str, &'static str, Option<CallError>);
+    /// A row of the policy table: name, steps, the halt, and the verdicts for
+    /// three later calls.
+    type Row = (
+        &'static str,
+        Vec<Step>,
+        Option<Halt>,
+        [Option<SkipReason>; 3],
+    );
 
     fn graph(class: ErrorClass) -> Option<CallError> {
         Some(CallError::Failed(GraphError::new(class, "test")))
@@ -409,7 +417,7 @@ mod tests {
         // call of flow f9 of WABA w1, of f1 (the first flow) and of f8 of w2)
         let halted = |h| Some(SkipReason::PollHalted(h));
         #[rustfmt::skip]
-        let table: Vec<(&str, Vec<Step>, Option<Halt>, [Option<SkipReason>; 3])> = vec![
+        let table: Vec<Row> = vec![
             ("answers", vec![("f1", "w1", None), ("f2", "w2", None)], None, [None, None, None]),
             ("190 stops the poll", vec![("f1", "w1", graph(Token))], Some(Halt::Token), [halted(Halt::Token); 3]),
             ("API gone stops the poll", vec![("f1", "w1", graph(ApiGone))], Some(Halt::ApiGone), [halted(Halt::ApiGone); 3]),
