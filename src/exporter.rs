@@ -617,10 +617,18 @@ impl Exporter {
             );
         }
         let total = answers.len();
+        let discovered = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .discovered;
+        // Nothing to poll because discovery has not listed, or could not list,
+        // the flows: the poll tried nothing.
         let nothing_listed = {
             let mut state = self.state();
             state.apply_poll(granularity, cells, now);
-            flows.is_empty() && state.wabas.values().any(|w| w.last_error.is_some())
+            flows.is_empty()
+                && (!discovered || state.wabas.values().any(|w| w.last_error.is_some()))
         };
         self.render();
         {

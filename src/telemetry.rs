@@ -589,3 +589,77 @@ impl Default for Telemetry {
         Telemetry::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(id: &str, kind: &str) -> Usage {
+        Usage {
+            scope: "business_use_case",
+            business_id: id.to_owned(),
+            kind: kind.to_owned(),
+            call_count: 10.0,
+            total_cputime: 1.0,
+            total_time: 2.0,
+            regain_minutes: None,
+        }
+    }
+
+    fn rendered(t: &Telemetry) -> String {
+        let mut out = Vec::new();
+        t.render(&mut out);
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    #[test]
+    fn usage_series_are_bounded_and_forgotten() {
+        let t = Telemetry::new();
+        for i in 0..10 {
+            t.record_usage(&usage("111", &format!("type_{i}")));
+        }
+        t.record_usage(&usage("222", "whatsapp_business_management"));
+        let text = rendered(&t);
+        let of = |text: &str, id: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("whatsapp_flows_exporter_rate_limit_usage_ratio{"))
+                .filter(|l| l.contains(&format!("business_id=\"{id}\"")))
+                .count()
+        };
+        assert_eq!(
+            of(&text, "111"),
+            MAX_USAGE_TYPES * 3,
+            "types per id are capped"
+        );
+        assert_eq!(of(&text, "222"), 3);
+        t.forget_business_usage(&["111".to_owned()]);
+        let text = rendered(&t);
+        assert_eq!(of(&text, "111"), 0, "a forgotten id loses its series");
+        assert!(!text.contains("regain_access_seconds{business_id=\"111\""));
+        assert_eq!(of(&text, "222"), 3);
+    }
+
+    #[test]
+    fn token_and_api_gauges_are_absent_until_graph_answered() {
+        let t = Telemetry::new();
+        let text = rendered(&t);
+        assert!(
+            !text.contains("\nwhatsapp_flows_exporter_token_valid "),
+            "{text}"
+        );
+        t.set_api_health(ApiHealth {
+            token: Validity::Rejected,
+            metrics_api: Validity::Unknown,
+        });
+        let text = rendered(&t);
+        assert!(text.contains("\nwhatsapp_flows_exporter_token_valid 0\n"));
+        assert!(!text.contains("\nwhatsapp_flows_exporter_metrics_api_available "));
+        t.set_api_health(ApiHealth {
+            token: Validity::Accepted,
+            metrics_api: Validity::Accepted,
+        });
+        let text = rendered(&t);
+        assert!(text.contains("\nwhatsapp_flows_exporter_token_valid 1\n"));
+        assert!(text.contains("\nwhatsapp_flows_exporter_metrics_api_available 1\n"));
+    }
+}

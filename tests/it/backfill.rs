@@ -646,3 +646,110 @@ async fn throttling_waits_and_retries_instead_of_skipping() {
         check_summary(&summary, &expected(&s), &s.sb.sandbox);
     }
 }
+
+/// The binary's exit status tells the truth: 0 when every window was written
+/// or Graph had too few requests for it (139006), 3 when windows were lost to
+/// errors (the file holds the rest; the summary names them), 0 for that with
+/// --allow-partial, and 1 with no file when Graph as a whole fails half way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exit_status_says_whether_anything_was_lost() {
+    let sb = start_sandbox(Sandbox::realistic(TOKEN, Clock::system())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).expect("token file");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[graph]\nbase_url = \"{}\"\naccess_token_file = \"{}\"\nmax_retries = 1\n\
+             retry_backoff_seconds = 0.01\ntimeout_seconds = 2\n\
+             [[wabas]]\nid = \"{WABA_1}\"\n[[wabas]]\nid = \"{WABA_2}\"\n",
+            sb.base_url,
+            token.display()
+        ),
+    )
+    .expect("config file");
+    let today = Utc::now().date_naive();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(format!("{name}.om"));
+        let mut args: Vec<String> = [
+            "backfill",
+            "--config",
+            &config.display().to_string(),
+            "--granularity",
+            "day",
+            "--since",
+            &(today - Days::new(5)).to_string(),
+            "--until",
+            &(today - Days::new(2)).to_string(),
+            "--output",
+            &out.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        async move {
+            let output = tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_flows-exporter"))
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("the binary runs")
+            })
+            .await
+            .expect("join");
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            (output.status.code(), printed, out.exists())
+        }
+    };
+
+    let (code, printed, written) = run("clean", &[]).await;
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(written);
+    assert!(printed.contains("insufficient data (139006"), "{printed}");
+
+    // Every call for one flow is refused for a missing permission.
+    sb.sandbox.inject(
+        FaultTarget::Metrics {
+            flow_id: Some("1180349906393871".to_owned()),
+            metric: None,
+            granularity: None,
+        },
+        Fault {
+            status: 403,
+            body: Sandbox::graph_error_body(10, None, "(#10) Permission denied"),
+            delay: Duration::ZERO,
+            times: None,
+        },
+    );
+    let (code, printed, written) = run("partial", &[]).await;
+    assert_eq!(code, Some(i32::from(backfill::EXIT_PARTIAL)), "{printed}");
+    assert!(written, "what was fetched is written");
+    assert!(printed.contains("permission"), "{printed}");
+    assert!(printed.contains("flow 1180349906393871"), "{printed}");
+    assert!(printed.contains("backfill incomplete"), "{printed}");
+    let (code, printed, _) = run("accepted", &["--allow-partial"]).await;
+    assert_eq!(code, Some(0), "{printed}");
+    sb.sandbox.clear_faults();
+
+    // Graph breaks every connection from the second metric on: the policy
+    // the live polls use says Graph fails, and the run stops without a file.
+    sb.sandbox.inject_transport(
+        FaultTarget::Metrics {
+            flow_id: None,
+            metric: Some(MetricKind::RequestError),
+            granularity: None,
+        },
+        flows_exporter::sandbox::Transport::Reset,
+        None,
+    );
+    let (code, printed, written) = run("stopped", &["--allow-partial"]).await;
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(!written, "no file that looks complete");
+    assert!(printed.contains("backfill stopped"), "{printed}");
+}

@@ -452,12 +452,12 @@ impl Logs {
 }
 
 /// A sandbox, an exporter with a clock the test moves, and its HTTP server.
-struct Rig {
-    sandbox: Sandbox,
+pub struct Rig {
+    pub sandbox: Sandbox,
     running: Option<RunningSandbox>,
     addr: SocketAddr,
-    exporter: Arc<Exporter>,
-    server: RunningServer,
+    pub exporter: Arc<Exporter>,
+    pub server: RunningServer,
     http: reqwest::Client,
     /// The exporter's clock is `now() + minutes`; the sandbox's stays at `now()`,
     /// so Graph serves the same data and only the exporter's own times move.
@@ -465,7 +465,13 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start() -> Rig {
+    pub async fn start() -> Rig {
+        Rig::start_with("", true).await
+    }
+
+    /// A rig whose config ends with `extra`; `startup`: run the start-up
+    /// discovery and polls before returning.
+    pub async fn start_with(extra: &str, startup: bool) -> Rig {
         let running = realistic().await;
         let sandbox = running.sandbox.clone();
         let addr: SocketAddr = running
@@ -495,6 +501,7 @@ enabled = false
 
 [granularity.lifetime]
 enabled = false
+{extra}
 "#,
             running.base_url
         );
@@ -504,7 +511,9 @@ enabled = false
             Clock::from_fn(move || now() + TimeDelta::minutes(offset.load(Ordering::Relaxed)));
         let config = Config::parse(&text).expect("fault config is valid");
         let exporter = Exporter::new(config, Secret::new(TOKEN), clock).expect("exporter");
-        exporter.startup().await;
+        if startup {
+            exporter.startup().await;
+        }
         let server = start_server(exporter.clone()).await;
         Rig {
             sandbox,
@@ -518,12 +527,12 @@ enabled = false
     }
 
     /// Moves the exporter's clock a minute on and returns the new Unix time.
-    fn tick(&self) -> f64 {
+    pub fn tick(&self) -> f64 {
         let m = self.minutes.fetch_add(1, Ordering::Relaxed) + 1;
         (now() + TimeDelta::minutes(m)).timestamp() as f64
     }
 
-    async fn scrape(&self) -> (String, Duration) {
+    pub async fn scrape(&self) -> (String, Duration) {
         let started = Instant::now();
         let response = self
             .http
@@ -538,7 +547,7 @@ enabled = false
 
     /// One hour poll with logs captured, scraping `/metrics` over HTTP all the while.
     /// Returns the logs and the slowest scrape.
-    async fn poll_while_scraping(&self) -> (Vec<String>, Duration) {
+    pub async fn poll_while_scraping(&self) -> (Vec<String>, Duration) {
         let logs = Logs::default();
         let exporter = self.exporter.clone();
         let poll = tokio::spawn(
@@ -607,7 +616,7 @@ enabled = false
 }
 
 /// A per-cell family of the hour granularity, by (flow_id, metric label).
-fn per_cell(text: &str, family: &str) -> BTreeMap<(String, String), f64> {
+pub fn per_cell(text: &str, family: &str) -> BTreeMap<(String, String), f64> {
     let prefix = format!("{family}{{");
     text.lines()
         .filter_map(|l| l.strip_prefix(&prefix))
@@ -628,7 +637,7 @@ fn per_cell(text: &str, family: &str) -> BTreeMap<(String, String), f64> {
 }
 
 /// The data lines: every value and period start shown, whatever its flow.
-fn data_lines(text: &str) -> Vec<String> {
+pub fn data_lines(text: &str) -> Vec<String> {
     let mut lines = samples(text, "whatsapp_flows_endpoint_");
     lines.extend(samples(
         text,

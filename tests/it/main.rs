@@ -9,6 +9,7 @@ mod errors;
 mod exposition;
 mod faults;
 mod fuzz_corpus;
+mod hostile;
 mod lifecycle;
 mod prometheus;
 mod prometheus_e2e;
