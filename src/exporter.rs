@@ -24,7 +24,7 @@ use crate::flowdata;
 use crate::graph::GraphClient;
 use crate::graph::Slot;
 use crate::model::{Clock, DataPoint, Flow, Granularity, MetricKind};
-use crate::poll::{self, CallOutcome, Halt, PollPolicy, SkipReason, Target};
+use crate::poll::{self, CallOutcome, Dispatch, Halt, PollPolicy, SkipReason, Target};
 use crate::ratelimit::waba_key;
 use crate::snapshot::{CellStatus, Cells, Snapshot};
 use crate::telemetry::{PollResult, Telemetry};
@@ -462,25 +462,15 @@ impl Exporter {
             );
         }
         let since = poll::query_since(&gcfg, now);
-        // Metric by metric, each over every flow: a flow's calls are spread
-        // over the poll, so by its second call the policy knows whether its
-        // first timed out.
-        let mut planned: Vec<(&Flow, MetricKind)> =
-            Vec::with_capacity(flows.len() * MetricKind::ALL.len());
-        for metric in MetricKind::ALL {
-            for flow in &flows {
-                planned.push((flow, metric));
-            }
-        }
         let unknown_error_types = config.limits.unknown_error_types;
         let mut policy = PollPolicy::new();
-        let mut queue = planned.into_iter().peekable();
+        let mut dispatch = Dispatch::new(flows.len());
         let mut in_flight = FuturesUnordered::new();
         let mut answers: Vec<(&Flow, MetricKind, CallOutcome)> = Vec::new();
         loop {
             // Take in what ended before taking a slot for the next call, so
             // each call is decided on with every result before it.
-            let step = if queue.peek().is_some() {
+            let step = if dispatch.may_go() {
                 tokio::select! {
                     biased;
                     Some(done) = in_flight.next(), if !in_flight.is_empty() => Step::Ended(done),
@@ -493,7 +483,9 @@ impl Exporter {
                 }
             };
             match step {
-                Step::Ended((flow, metric, answer)) => {
+                Step::Ended((index, metric, answer)) => {
+                    dispatch.done(index);
+                    let flow = &flows[index];
                     policy.record(target(flow), answer.as_ref().map(|_| ()));
                     let outcome = match answer {
                         Ok(point) => CallOutcome::Answered(point),
@@ -502,10 +494,13 @@ impl Exporter {
                     answers.push((flow, metric, outcome));
                 }
                 Step::Slot(slot) => {
-                    let Some((flow, metric)) = queue.next() else {
+                    // None: every call left waits for its flow's call in flight.
+                    let Some((index, metric)) = dispatch.take() else {
                         continue;
                     };
+                    let flow = &flows[index];
                     if let Some(skip) = policy.check(target(flow)) {
+                        dispatch.done(index);
                         answers.push((flow, metric, CallOutcome::NotAttempted(skip)));
                         continue;
                     }
@@ -531,7 +526,7 @@ impl Exporter {
                                 }
                                 Ok(chosen.point)
                             });
-                        (flow, metric, answer)
+                        (index, metric, answer)
                     });
                 }
             }
@@ -774,8 +769,8 @@ pub enum Readiness {
 }
 
 /// One step of a poll's dispatch loop: a call ended, or a slot for the next.
-enum Step<'a> {
-    Ended((&'a Flow, MetricKind, Result<Option<DataPoint>, CallError>)),
+enum Step {
+    Ended((usize, MetricKind, Result<Option<DataPoint>, CallError>)),
     Slot(Slot),
 }
 

@@ -17,7 +17,8 @@
 //! - [`graph`]: the only module that talks to Graph; [`graph::wire`] parses its JSON.
 //! - [`ratelimit`]: the Graph client's governor (pure decisions): pacing, usage
 //!   slowdown and stop, throttle pause, per-WABA call budget.
-//! - [`poll`]: pure decisions: query window, which period to show, cell transitions.
+//! - [`poll`]: pure decisions: query window, which period to show, cell transitions,
+//!   and [`poll::PollPolicy`]: what one call's result means for the rest of a poll.
 //! - [`snapshot`]: the exporter's state as plain data.
 //! - [`exposition`]: snapshot → Prometheus text (the `prometheus` crate's model and encoder).
 //! - [`telemetry`]: the exporter's own live metrics, in an app-owned registry.

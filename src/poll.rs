@@ -3,14 +3,14 @@
 //! means for the rest of the poll ([`PollPolicy`]), and how one result turns a
 //! cell of the snapshot into its next state.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::config::GranularityConfig;
 use crate::error::{CallError, ErrorClass, NetworkKind};
-use crate::model::{DataPoint, Granularity};
+use crate::model::{DataPoint, Granularity, MetricKind};
 use crate::ratelimit::Refusal;
 use crate::snapshot::{Cell, CellStatus, FailureClass};
 
@@ -235,6 +235,69 @@ impl PollPolicy {
     /// Why the poll stopped calling Graph, if it did.
     pub fn halt(&self) -> Option<Halt> {
         self.halt
+    }
+}
+
+/// The order a poll's calls go out in: metric by metric, each over every flow
+/// (flows by index), so a flow's calls are spread over the poll; and one call
+/// per flow at a time: a call of a flow that has a call in flight waits while
+/// later calls go ahead, so a flow that hangs holds one place, and its next
+/// call is decided once its first has ended.
+#[derive(Debug)]
+pub struct Dispatch {
+    queue: VecDeque<(usize, MetricKind)>,
+    /// Calls passed over because their flow had a call in flight, in order.
+    waiting: VecDeque<(usize, MetricKind)>,
+    busy: HashSet<usize>,
+}
+
+impl Dispatch {
+    /// The calls of `flows` flows (indices `0..flows`).
+    pub fn new(flows: usize) -> Dispatch {
+        let mut queue = VecDeque::with_capacity(flows * MetricKind::ALL.len());
+        for metric in MetricKind::ALL {
+            for flow in 0..flows {
+                queue.push_back((flow, metric));
+            }
+        }
+        Dispatch {
+            queue,
+            waiting: VecDeque::new(),
+            busy: HashSet::new(),
+        }
+    }
+
+    /// Whether a call may be able to go now (`take` may still find none).
+    pub fn may_go(&self) -> bool {
+        !self.queue.is_empty() || self.waiting.iter().any(|(f, _)| !self.busy.contains(f))
+    }
+
+    /// The next call whose flow has no call in flight, now in flight; `None`
+    /// when every call left waits for its flow.
+    pub fn take(&mut self) -> Option<(usize, MetricKind)> {
+        if let Some(i) = self
+            .waiting
+            .iter()
+            .position(|(f, _)| !self.busy.contains(f))
+        {
+            let call = self.waiting.remove(i)?;
+            self.busy.insert(call.0);
+            return Some(call);
+        }
+        while let Some(call) = self.queue.pop_front() {
+            if self.busy.contains(&call.0) {
+                self.waiting.push_back(call);
+            } else {
+                self.busy.insert(call.0);
+                return Some(call);
+            }
+        }
+        None
+    }
+
+    /// The call of `flow` that `take` gave ended (or was not made).
+    pub fn done(&mut self, flow: usize) {
+        self.busy.remove(&flow);
     }
 }
 
@@ -469,6 +532,37 @@ mod tests {
             assert_eq!(check("f1", "w1"), first, "{name}: the first flow");
             assert_eq!(check("f8", "w2"), other_waba, "{name}: a flow of w2");
         }
+    }
+
+    #[test]
+    fn a_flow_has_one_call_in_flight_at_a_time() {
+        use MetricKind::*;
+        let mut d = Dispatch::new(3);
+        // Metric by metric over the flows.
+        assert_eq!(d.take(), Some((0, RequestCount)));
+        assert_eq!(d.take(), Some((1, RequestCount)));
+        assert_eq!(d.take(), Some((2, RequestCount)));
+        d.done(1);
+        d.done(2);
+        // Flow 0's call is still in flight: its next call waits, later ones go.
+        assert_eq!(d.take(), Some((1, RequestError)));
+        assert_eq!(d.take(), Some((2, RequestError)));
+        assert_eq!(d.take(), None, "every call left waits for a busy flow");
+        assert!(!d.may_go());
+        d.done(0);
+        assert!(d.may_go());
+        // The waiting call of flow 0 goes first once its flow is free.
+        assert_eq!(d.take(), Some((0, RequestError)));
+        let mut rest = Vec::new();
+        d.done(0);
+        d.done(1);
+        d.done(2);
+        while let Some((flow, metric)) = d.take() {
+            rest.push((flow, metric));
+            d.done(flow);
+        }
+        assert_eq!(rest.len(), 15 - 6);
+        assert!(!d.may_go());
     }
 
     #[test]

@@ -43,6 +43,35 @@ pub fn waba_key(waba_id: &str) -> &str {
         waba_id
     }
 }
+/// One usage reading from a rate-limit header, in percent of the hourly allowance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// `app` for X-App-Usage, `business_use_case` for X-Business-Use-Case-Usage.
+    pub scope: &'static str,
+    /// The business object id (empty for app usage).
+    pub business_id: String,
+    /// The use-case `type` (empty for app usage).
+    pub kind: String,
+    pub call_count: f64,
+    pub total_cputime: f64,
+    pub total_time: f64,
+    /// `estimated_time_to_regain_access`, in minutes.
+    pub regain_minutes: Option<f64>,
+}
+
+impl Usage {
+    /// The highest of the three percentages, as a fraction (1.0 = 100 %): Graph
+    /// throttles when any of them reaches 100.
+    pub fn fraction(&self) -> f64 {
+        let pct = self.call_count.max(self.total_cputime).max(self.total_time);
+        if pct.is_finite() {
+            pct.max(0.0) / 100.0
+        } else {
+            0.0
+        }
+    }
+}
+
 /// The longest throttle backoff when Graph gives no estimate.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Business ids in usage headers tracked besides the configured WABAs.
@@ -565,7 +594,7 @@ impl Governor {
     }
 
     /// Calls started for `waba` in the 60 minutes before `now`, counting the
-    /// whole of the oldest minute (see [`CallWindow`]): never fewer than were
+    /// whole of the oldest minute (see `CallWindow`): never fewer than were
     /// made, at most one minute's calls more.
     pub fn calls_last_hour(&mut self, waba: &str, now: Instant) -> u64 {
         let minute = self.minute(now);

@@ -14,9 +14,8 @@ use prometheus::{
 };
 
 use crate::error::{ApiHealth, Endpoint, Outcome, Validity};
-use crate::graph::wire::Usage;
 use crate::poll::SkipReason;
-use crate::ratelimit::{Refusal, WabaState, WaitReason};
+use crate::ratelimit::{Refusal, Usage, WabaState, WaitReason};
 
 /// How a finished poll went, as the `result` label of `polls_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

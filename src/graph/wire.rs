@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::model::{DataPoint, Flow, FlowSource, FlowStatus, Granularity, MetricKind};
 
 use crate::error::{GraphError, Redactor};
+use crate::ratelimit::Usage;
 
 // ---- metric answers ----
 
@@ -336,35 +337,6 @@ pub fn parse_flows_page(body: &[u8], waba_id: &str, redact: &Redactor) -> Result
 }
 
 // ---- rate-limit headers ----
-
-/// One usage reading from a rate-limit header, in percent of the hourly allowance.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Usage {
-    /// `app` for X-App-Usage, `business_use_case` for X-Business-Use-Case-Usage.
-    pub scope: &'static str,
-    /// The business object id (empty for app usage).
-    pub business_id: String,
-    /// The use-case `type` (empty for app usage).
-    pub kind: String,
-    pub call_count: f64,
-    pub total_cputime: f64,
-    pub total_time: f64,
-    /// `estimated_time_to_regain_access`, in minutes.
-    pub regain_minutes: Option<f64>,
-}
-
-impl Usage {
-    /// The highest of the three percentages, as a fraction (1.0 = 100 %): Graph
-    /// throttles when any of them reaches 100.
-    pub fn fraction(&self) -> f64 {
-        let pct = self.call_count.max(self.total_cputime).max(self.total_time);
-        if pct.is_finite() {
-            pct.max(0.0) / 100.0
-        } else {
-            0.0
-        }
-    }
-}
 
 fn field(v: &Value, name: &str) -> f64 {
     v.get(name).and_then(parse_value).unwrap_or(0.0)
