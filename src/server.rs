@@ -1,30 +1,37 @@
-//! The only module that serves HTTP: `/metrics` (from memory, gzip when asked),
-//! `/` (a landing page), `/-/healthy`, `/-/ready` and `POST /-/reload`, over
-//! plain TCP or TLS, behind basic auth when the web config ([`crate::web`])
-//! asks. Takes an already-bound listener and a shutdown future; on shutdown it
-//! stops accepting and lets open connections finish their request. A reload
-//! ([`reload`], for `POST /-/reload` and the app's SIGHUP) reads the config
-//! file and the web config file again, both or neither; the web config in use
-//! is read per request (basic auth, headers) and per connection (TLS), so a
-//! switch between plain HTTP and TLS applies to new connections only.
+//! The only module that serves HTTP. Split by what each part does:
+//!
+//! - this module is the transport: it accepts on an already-bound listener,
+//!   does the TLS handshake when the web config ([`crate::web`]) asks, bounds
+//!   connections and their time, and on shutdown stops accepting and lets
+//!   open connections finish their request;
+//! - [`routes`]: the table of routes, each with its own policy (methods,
+//!   authentication, body), and the exporter's routes (`/metrics` from
+//!   memory, `/-/healthy`, `/-/ready`, `POST /-/reload`);
+//! - [`landing`]: the landing page (`/`).
+//!
+//! The web config in use is read per request (basic auth, headers) and per
+//! connection (TLS), so a switch between plain HTTP and TLS applies to new
+//! connections only. A reload ([`reload`], for `POST /-/reload` and the app's
+//! SIGHUP) reads the config file and the web config file again, both or
+//! neither.
 //!
 //! Limits: MAX_CONNECTIONS at once, a 16 KiB request head, 10 s for a head or a
-//! TLS handshake, no request body read (64 KiB at most declared), connections
-//! recycled after two minutes.
+//! TLS handshake, connections recycled after two minutes.
+
+pub mod landing;
+pub mod routes;
+
+pub use routes::{Routes, reload};
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming};
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::body::{Body, Frame};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,10 +40,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::exporter::{self, Exporter, Readiness, ReloadError};
-use crate::web::{Web, WebConfig};
+use crate::exporter::Exporter;
+use crate::web::WebConfig;
 
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Connections served at once; further ones wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 512;
 /// Largest request head (request line and headers) read; larger is refused.
@@ -44,8 +50,6 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Time a client gets to send its request head (and to finish a TLS
 /// handshake); an idle keep-alive connection is closed after it too.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request body accepted (by Content-Length); none is ever read.
-pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// A connection older than this is closed once its current request is
 /// answered; a client stuck reading a response loses it CLOSE_GRACE later.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
@@ -82,8 +86,8 @@ impl Body for Chunks {
     }
 }
 
-/// Serves plain HTTP without authentication until `shutdown` resolves; see
-/// [`serve_web`].
+/// Serves the exporter's routes over plain HTTP without authentication until
+/// `shutdown` resolves; see [`serve_web`].
 pub async fn serve(
     listener: TcpListener,
     exporter: Arc<Exporter>,
@@ -92,13 +96,33 @@ pub async fn serve(
     serve_web(listener, exporter, Arc::new(WebConfig::default()), shutdown).await
 }
 
-/// Serves with the web config's TLS, basic auth and headers until `shutdown`
-/// resolves, then lets open connections finish their request (up to 10 s).
-/// A reload swaps the web config in `web`: each new request gets its basic
-/// auth and headers, each new connection its TLS settings.
+/// Serves the exporter's routes (`/metrics` at its usual path) with the web
+/// config's TLS, basic auth and headers until `shutdown` resolves; see
+/// [`serve_routes`].
 pub async fn serve_web(
     listener: TcpListener,
     exporter: Arc<Exporter>,
+    web: Arc<WebConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let routes = Arc::new(routes::exporter(
+        exporter,
+        web.clone(),
+        DEFAULT_METRICS_PATH,
+    ));
+    serve_routes(listener, routes, web, shutdown).await
+}
+
+/// Where the exposition is served unless `--web.telemetry-path` says otherwise.
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+
+/// Serves `routes` with the web config's TLS, basic auth and headers until
+/// `shutdown` resolves, then lets open connections finish their request (up
+/// to 10 s). A reload swaps the web config in `web`: each new request gets its
+/// basic auth and headers, each new connection its TLS settings.
+pub async fn serve_routes(
+    listener: TcpListener,
+    routes: Arc<Routes>,
     web: Arc<WebConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -129,7 +153,7 @@ pub async fn serve_web(
             () = &mut shutdown => break,
         };
         let ctx = Ctx {
-            exporter: exporter.clone(),
+            routes: routes.clone(),
             web: web.clone(),
             stop: stop.clone(),
             peer,
@@ -155,7 +179,7 @@ pub async fn serve_web(
 
 /// What a connection task needs.
 struct Ctx {
-    exporter: Arc<Exporter>,
+    routes: Arc<Routes>,
     web: Arc<WebConfig>,
     stop: CancellationToken,
     peer: std::net::SocketAddr,
@@ -215,15 +239,18 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ctx {
-        exporter,
+        routes,
         web,
         stop,
         peer,
     } = ctx;
     let service = hyper::service::service_fn(move |req| {
-        let exporter = exporter.clone();
-        let web = web.clone();
-        async move { Ok::<_, Infallible>(respond(&exporter, &web, req).await) }
+        let routes = routes.clone();
+        // The web config in use when the request arrives, even on a
+        // connection opened before a reload: a user the reload removed is
+        // refused at once.
+        let web = web.current();
+        async move { Ok::<_, Infallible>(routes.respond(&web, req, peer).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -247,287 +274,5 @@ where
     };
     if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended with an error");
-    }
-}
-
-/// The checks every request goes through before its route: body size, then
-/// basic auth; then the configured headers on whatever the answer is. The web
-/// config is the one in use when the request arrives, even on a connection
-/// opened before a reload: a user the reload removed is refused at once.
-async fn respond(
-    exporter: &Arc<Exporter>,
-    config: &Arc<WebConfig>,
-    req: Request<Incoming>,
-) -> Response<Chunks> {
-    let web: Arc<Web> = config.current();
-    let mut response = if let Some(refused) = refuse_body(&req) {
-        refused
-    } else if !web.authorized(req.headers()).await {
-        let mut r = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
-        r
-    } else if req.uri().path() == "/-/reload" {
-        reload_route(exporter, config, &req).await
-    } else {
-        route(exporter, &req)
-    };
-    for (name, value) in web.headers() {
-        response.headers_mut().insert(name.clone(), value.clone());
-    }
-    response
-}
-
-/// No route reads a request body, so none is ever read: a body larger than
-/// MAX_BODY_BYTES (by its Content-Length) gets 413 and one of unknown length
-/// (chunked) 411, both closing the connection rather than draining it.
-fn refuse_body(req: &Request<Incoming>) -> Option<Response<Chunks>> {
-    let size = req.body().size_hint();
-    let mut r = match size.upper() {
-        Some(n) if n <= MAX_BODY_BYTES => return None,
-        Some(_) => plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-        None => plain(
-            StatusCode::LENGTH_REQUIRED,
-            "a request body needs a Content-Length\n",
-        ),
-    };
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    Some(r)
-}
-
-fn route(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
-    let mut response = match req.uri().path() {
-        "/metrics" => metrics(exporter, req),
-        "/" => html(landing_page(exporter)),
-        "/-/healthy" => plain(StatusCode::OK, "OK\n"),
-        "/-/ready" => match exporter.readiness() {
-            Readiness::Ready => plain(StatusCode::OK, "OK\n"),
-            Readiness::NotReady(why) => {
-                let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "");
-                *r.body_mut() = Chunks::one(format!("not ready: {why}\n"));
-                r
-            }
-        },
-        _ => plain(StatusCode::NOT_FOUND, "not found; try /metrics\n"),
-    };
-    if req.method() == Method::HEAD {
-        *response.body_mut() = Chunks::default();
-    }
-    response
-}
-
-/// Reads the exporter's config file and, if the server has one, its web config
-/// file again, and applies both or neither (see [`Exporter::reload_with`]):
-/// a bad web config refuses the new config file too, and the other way round.
-/// The new web config applies from the next request on (TLS: the next
-/// connection). SIGHUP and `POST /-/reload` both come here.
-///
-/// The web config lives here, beside the server that uses it, rather than in
-/// the exporter: the exporter only learns that something else is checked
-/// with its config.
-pub async fn reload(exporter: Arc<Exporter>, web: Arc<WebConfig>) -> Result<(), ReloadError> {
-    // Off the runtime: a reload reads and parses files (the config, the token,
-    // the web config and its certificates) with blocking I/O.
-    let reloaded = tokio::task::spawn_blocking(move || {
-        exporter.reload_with(|| match web.check() {
-            Ok(new) => Ok(move || {
-                if let Some(new) = new {
-                    web.swap(new);
-                }
-            }),
-            Err(error) => Err(ReloadError::Invalid {
-                path: web.path().unwrap_or(Path::new("")).to_owned(),
-                error,
-            }),
-        })
-    });
-    match reloaded.await {
-        Ok(result) => result,
-        // A blocking task is cancelled only when the runtime shuts down, and
-        // then no one awaits this; what is left is a panic, passed on.
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
-/// `POST /-/reload` (Prometheus' convention): see [`reload`]. The answer says
-/// whether it was applied, or what is wrong, by file and key.
-async fn reload_route(
-    exporter: &Arc<Exporter>,
-    web: &Arc<WebConfig>,
-    req: &Request<Incoming>,
-) -> Response<Chunks> {
-    if req.method() != Method::POST {
-        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only POST\n");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
-    }
-    let (status, text) = match reload(exporter.clone(), web.clone()).await {
-        Ok(()) => (StatusCode::OK, "reloaded\n".to_owned()),
-        Err(e @ ReloadError::Invalid { .. }) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-    };
-    let mut r = plain(status, "");
-    *r.body_mut() = Chunks::one(text);
-    r
-}
-
-fn accepts_gzip(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|enc| {
-            let mut parts = enc.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q == 0.0)
-            });
-            name.eq_ignore_ascii_case("gzip") && !refused
-        })
-}
-
-fn metrics(exporter: &Exporter, req: &Request<Incoming>) -> Response<Chunks> {
-    let scrape = exporter.scrape(accepts_gzip(req));
-    let mut r = Response::new(Chunks(scrape.parts.into()));
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
-    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    if scrape.gzip {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
-    r
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Chunks> {
-    let mut r = Response::new(Chunks::one(text));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn html(body: String) -> Response<Chunks> {
-    let mut r = Response::new(Chunks::one(body));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r
-}
-
-/// Escapes text for HTML; flow names come from Graph and are not trusted.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn landing_page(exporter: &Exporter) -> String {
-    let granularities: Vec<_> = exporter
-        .config()
-        .granularities
-        .iter()
-        .map(|g| g.granularity)
-        .collect();
-    let mut page = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>flows-exporter</title>\
-         <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
-         td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>\
-         <h1>flows-exporter</h1><p>Prometheus exporter for the WhatsApp Flows Metrics API. \
-         <a href=\"/metrics\">/metrics</a> · <a href=\"/-/healthy\">/-/healthy</a> · \
-         <a href=\"/-/ready\">/-/ready</a></p>",
-    );
-    let ready = match exporter.readiness() {
-        Readiness::Ready => "yes".to_owned(),
-        Readiness::NotReady(why) => format!("no: {}", esc(&why)),
-    };
-    let _ = write!(
-        page,
-        "<p>Version {}. Ready: {ready}. Graph API {} at {}.</p>",
-        env!("CARGO_PKG_VERSION"),
-        esc(&exporter.config().graph.api_version),
-        esc(&exporter.config().graph.base_url),
-    );
-    let wabas = exporter.waba_rows();
-    if !wabas.is_empty() {
-        page.push_str("<h2>Discovery</h2><table><tr><th>WABA</th><th>last listed</th><th>last listing</th></tr>");
-        for (waba, state) in wabas {
-            let last = match state.last_success {
-                Some(t) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-                None => "never".into(),
-            };
-            let status = match (state.last_error, state.truncated) {
-                (Some(class), _) => format!("failing: {}", class.label()),
-                (None, Some(t)) => format!("cut short: {}", esc(&t.describe())),
-                (None, None) if state.last_success.is_some() => "ok".to_owned(),
-                (None, None) => "not listed yet".to_owned(),
-            };
-            let _ = write!(
-                page,
-                "<tr><td>{}</td><td>{last}</td><td>{status}</td></tr>",
-                esc(&waba)
-            );
-        }
-        page.push_str("</table><h2>Flows</h2>");
-    }
-    page.push_str("<table><tr><th>flow id</th><th>name</th><th>WABA</th><th>status</th><th>can_send_message</th><th>polled</th>");
-    for g in &granularities {
-        let _ = write!(page, "<th>last answer ({})</th>", g.label());
-    }
-    page.push_str("</tr>");
-    for exporter::FlowRow { flow, last_answer } in exporter.flow_rows() {
-        let _ = write!(
-            page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
-            esc(&flow.id),
-            esc(&flow.name),
-            esc(&flow.waba_id),
-            esc(flow.status.as_str()),
-            esc(&flow.can_send_message),
-            if flow.is_polled() { "yes" } else { "no" },
-        );
-        for g in &granularities {
-            let cell = match last_answer.get(g).copied().flatten() {
-                Some(t) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-                None => "–".into(),
-            };
-            let _ = write!(page, "<td>{cell}</td>");
-        }
-        page.push_str("</tr>");
-    }
-    page.push_str("</table></body></html>\n");
-    page
-}
-
-#[cfg(test)]
-mod tests {
-    use super::esc;
-
-    #[test]
-    fn escapes_html() {
-        assert_eq!(esc("<b a=\"x\">&'"), "&lt;b a=&quot;x&quot;&gt;&amp;&#39;");
     }
 }
