@@ -143,6 +143,12 @@ impl Exporter {
         &self.telemetry
     }
 
+    /// The telemetry, to share with what counts beside the exporter (the HTTP
+    /// transport).
+    pub fn telemetry_handle(&self) -> Arc<Telemetry> {
+        self.telemetry.clone()
+    }
+
     /// The jobs to schedule: discovery, then one per enabled granularity.
     pub fn jobs(&self) -> Vec<(Job, String)> {
         let config = self.config();

@@ -79,6 +79,9 @@ pub struct Telemetry {
     token_valid: IntGaugeVec,
     api_available: IntGaugeVec,
     error_types_folded: IntCounter,
+    http_connections: IntGauge,
+    http_shed: IntCounterVec,
+    http_auth: IntCounterVec,
     /// The (business id, type) pairs the usage gauges have series for.
     usage_series:
         std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>>,
@@ -248,6 +251,33 @@ impl Telemetry {
             &[],
         )
         .expect("valid metric");
+        let http_connections = IntGauge::with_opts(opts(
+            "http_connections",
+            "Connections to the /metrics listener open now.",
+        ))
+        .expect("valid metric");
+        let http_shed = IntCounterVec::new(
+            opts(
+                "http_connections_shed_total",
+                "Connections the /metrics listener closed to make room for a new client when it had its maximum open, by reason: idle (no request head or TLS handshake yet, or none since the last answer), stalled (not reading its answer); busy counts new clients refused with 503 because every connection was being answered.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let http_auth = IntCounterVec::new(
+            opts(
+                "http_auth_checks_total",
+                "Basic-auth checks of requests, by result: allowed, denied (401), limited (429 without a check: the client address failed too often lately).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for why in crate::server::Shed::ALL {
+            http_shed.with_label_values(&[why.label()]);
+        }
+        for result in crate::web::AuthResult::ALL {
+            http_auth.with_label_values(&[result.label()]);
+        }
         let error_types_folded = IntCounter::with_opts(opts(
             "error_types_folded_total",
             "Error-type keys Meta does not document that were summed into error_type=\"other\" because a flow's period had more than limits.unknown_error_types of them.",
@@ -315,6 +345,9 @@ impl Telemetry {
             Box::new(api_available.clone()),
             Box::new(exposition_bytes.clone()),
             Box::new(error_types_folded.clone()),
+            Box::new(http_connections.clone()),
+            Box::new(http_shed.clone()),
+            Box::new(http_auth.clone()),
             Box::new(reload_successful.clone()),
             Box::new(reload_success_at.clone()),
             Box::new(reloads.clone()),
@@ -347,6 +380,9 @@ impl Telemetry {
             token_valid,
             api_available,
             error_types_folded,
+            http_connections,
+            http_shed,
+            http_auth,
             usage_series: Default::default(),
             exposition_bytes,
             reload_successful,
@@ -580,6 +616,20 @@ impl Telemetry {
         self.graph_requests
             .with_label_values(&[endpoint.label(), outcome.label()])
             .get()
+    }
+}
+
+impl crate::server::HttpCounters for Telemetry {
+    fn set_connections(&self, open: usize) {
+        self.http_connections.set(open as i64);
+    }
+
+    fn shed(&self, why: crate::server::Shed) {
+        self.http_shed.with_label_values(&[why.label()]).inc();
+    }
+
+    fn auth(&self, result: crate::web::AuthResult) {
+        self.http_auth.with_label_values(&[result.label()]).inc();
     }
 }
 

@@ -9,8 +9,9 @@
 //!
 //! Errors are [`ConfigError`]s naming the key path, like the TOML config's.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -113,15 +114,59 @@ impl Web {
         self.tls.as_ref().map(TlsSource::current)
     }
 
-    /// Whether a request's `Authorization` header lets it in. Always true
-    /// without users. bcrypt runs on the blocking pool, a few at a time.
-    pub async fn authorized(&self, headers: &HeaderMap) -> bool {
+    /// Whether a request's `Authorization` header from `peer` lets it in.
+    /// Always allowed without users. See [`AuthResult`] for how a flood of
+    /// wrong passwords is kept from delaying the right one.
+    pub async fn authorize(&self, headers: &HeaderMap, peer: IpAddr) -> AuthResult {
         match &self.auth {
-            None => true,
-            Some(auth) => auth.check(headers).await,
+            None => AuthResult::Allowed,
+            Some(auth) => auth.check(headers, peer).await,
+        }
+    }
+
+    /// [`authorize`](Self::authorize) from an address with no history.
+    pub async fn authorized(&self, headers: &HeaderMap) -> bool {
+        self.authorize(headers, IpAddr::from([0, 0, 0, 0])).await == AuthResult::Allowed
+    }
+}
+
+/// What basic auth said of a request.
+///
+/// A flood of wrong passwords cannot delay the right one: a check that
+/// passed once is remembered (no bcrypt run), so is one that failed; each
+/// client address may fail [`FAILURE_BURST`] times, then once per
+/// [`FAILURE_REFILL`] (beyond that it is [`Limited`](AuthResult::Limited)
+/// without a bcrypt run); and an address that failed recently checks in a
+/// lane of its own, one bcrypt run at a time, so it never queues before a
+/// client that has not failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Allowed,
+    /// Wrong or missing credentials: 401.
+    Denied,
+    /// Too many failures from this address lately: 429, no check made.
+    Limited,
+}
+
+impl AuthResult {
+    pub const ALL: [AuthResult; 3] = [AuthResult::Allowed, AuthResult::Denied, AuthResult::Limited];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthResult::Allowed => "allowed",
+            AuthResult::Denied => "denied",
+            AuthResult::Limited => "limited",
         }
     }
 }
+
+/// Failed checks a client address may make at once before it is limited.
+pub const FAILURE_BURST: u32 = 5;
+/// How often a limited address gets one more try.
+pub const FAILURE_REFILL: Duration = Duration::from_secs(1);
+/// Client addresses whose failures are tracked; when more fail, the
+/// quietest are forgotten.
+const TRACKED_ADDRESSES: usize = 4096;
 
 /// The web config in use, swapped whole by a reload, and the file it was read
 /// from. The server asks for [`current`](Self::current) once per connection
@@ -181,6 +226,12 @@ impl WebConfig {
 
 struct BasicAuth {
     users: BTreeMap<String, String>,
+    /// SHA-256 of (salt, user, hash, password) of checks that failed.
+    failed: Mutex<HashSet<[u8; 32]>>,
+    /// Failures by client address: a token bucket each.
+    failures: Mutex<HashMap<IpAddr, Bucket>>,
+    /// bcrypt checks at once for addresses that failed lately.
+    suspect: tokio::sync::Semaphore,
     /// The user hash of the highest cost, checked for unknown users so that
     /// their answer takes as long as a wrong password's (and never lets them
     /// in: the user is unknown whatever the check says).
@@ -202,6 +253,9 @@ impl BasicAuth {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(BasicAuth {
             users,
+            failed: Mutex::new(HashSet::new()),
+            failures: Mutex::new(HashMap::new()),
+            suspect: tokio::sync::Semaphore::new(1),
             dummy,
             cache: Mutex::new(HashSet::new()),
             salt,
@@ -210,9 +264,9 @@ impl BasicAuth {
         })
     }
 
-    async fn check(&self, headers: &HeaderMap) -> bool {
+    async fn check(&self, headers: &HeaderMap, peer: IpAddr) -> AuthResult {
         let Some((user, password)) = credentials(headers) else {
-            return false;
+            return AuthResult::Denied;
         };
         let (known, hash) = match self.users.get(&user) {
             Some(h) => (true, h.as_str()),
@@ -220,15 +274,39 @@ impl BasicAuth {
         };
         let key = self.cache_key(&user, hash, &password);
         if self.cached(&key) {
-            return true;
+            return AuthResult::Allowed;
         }
+        // An address that failed lately checks in a lane of its own, so it
+        // never queues before one that has not.
+        let suspect = match self.standing(peer) {
+            Some(suspect) => suspect,
+            None => return AuthResult::Limited,
+        };
+        if self.failed_before(&key) {
+            self.failure(peer);
+            return AuthResult::Denied;
+        }
+        let lane = if suspect {
+            &self.suspect
+        } else {
+            &self.verifying
+        };
         // Many scrapes with the same new credentials: one checks, the others
         // find its result in the cache once they get a permit.
-        let Ok(_permit) = self.verifying.acquire().await else {
-            return false;
+        let Ok(_permit) = lane.acquire().await else {
+            return AuthResult::Denied;
         };
         if self.cached(&key) {
-            return true;
+            return AuthResult::Allowed;
+        }
+        if self.failed_before(&key) {
+            self.failure(peer);
+            return AuthResult::Denied;
+        }
+        // The bcrypt run takes one of the address's tries (given back if it
+        // passes), so failures waiting in a lane cannot outrun the limit.
+        if self.take_try(peer).is_none() {
+            return AuthResult::Limited;
         }
         self.bcrypt_runs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -236,15 +314,91 @@ impl BasicAuth {
         let matched = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
             .is_ok_and(|r| r.unwrap_or(false));
-        let ok = matched && known;
-        if ok {
+        if matched && known {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= AUTH_CACHE_ENTRIES {
                 cache.clear();
             }
             cache.insert(key);
+            drop(cache);
+            self.give_back_try(peer);
+            AuthResult::Allowed
+        } else {
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            if failed.len() >= AUTH_CACHE_ENTRIES {
+                failed.clear();
+            }
+            failed.insert(key);
+            AuthResult::Denied
         }
-        ok
+    }
+
+    fn failed_before(&self, key: &[u8; 32]) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    /// Whether `peer` failed lately (it then checks in the suspects' lane);
+    /// `None` when it has no try left.
+    fn standing(&self, peer: IpAddr) -> Option<bool> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(bucket) = failures.get_mut(&peer) else {
+            return Some(false);
+        };
+        bucket.refill(Instant::now());
+        if bucket.tokens < 1.0 {
+            return None;
+        }
+        Some(bucket.tokens < f64::from(FAILURE_BURST))
+    }
+
+    /// Takes one of `peer`'s tries: `None` when it has none left; else
+    /// whether it failed lately.
+    fn take_try(&self, peer: IpAddr) -> Option<bool> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if failures.len() >= TRACKED_ADDRESSES && !failures.contains_key(&peer) {
+            // Forget the addresses that have the most tries back.
+            for b in failures.values_mut() {
+                b.refill(now);
+            }
+            failures.retain(|_, b| b.tokens < f64::from(FAILURE_BURST) - 1.0);
+            if failures.len() >= TRACKED_ADDRESSES {
+                failures.clear();
+            }
+        }
+        let bucket = failures.entry(peer).or_insert(Bucket {
+            tokens: f64::from(FAILURE_BURST),
+            at: now,
+        });
+        bucket.refill(now);
+        if bucket.tokens < 1.0 {
+            return None;
+        }
+        let suspect = bucket.tokens < f64::from(FAILURE_BURST);
+        bucket.tokens -= 1.0;
+        Some(suspect)
+    }
+
+    /// A check that passed gives its try back; an address with all its tries
+    /// is forgotten.
+    fn give_back_try(&self, peer: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bucket) = failures.get_mut(&peer) {
+            bucket.refill(Instant::now());
+            bucket.tokens += 1.0;
+            if bucket.tokens >= f64::from(FAILURE_BURST) {
+                failures.remove(&peer);
+            }
+        }
+    }
+
+    /// A credential that failed before, tried again from `peer`: one more try
+    /// used, no bcrypt run.
+    fn failure(&self, peer: IpAddr) {
+        let _ = self.take_try(peer);
     }
 
     fn cached(&self, key: &[u8; 32]) -> bool {
@@ -280,6 +434,22 @@ fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, password) = decoded.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
+}
+
+/// Tries left to one client address.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let gained =
+            now.saturating_duration_since(self.at).as_secs_f64() / FAILURE_REFILL.as_secs_f64();
+        self.tokens = (self.tokens + gained).min(f64::from(FAILURE_BURST));
+        self.at = now;
+    }
 }
 
 // ---- TLS ----
@@ -873,5 +1043,66 @@ mod tests {
             .load(std::sync::atomic::Ordering::Relaxed);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert!(runs <= cores, "{runs} bcrypt runs for 200 scrapes");
+    }
+
+    #[tokio::test]
+    async fn failures_are_limited_per_address_and_never_cost_the_right_user() {
+        let hash = bcrypt::hash_with_salt("right", 4, [2; 16])
+            .expect("hash")
+            .to_string();
+        let web = Web::parse(
+            &format!("basic_auth_users:\n  alice: '{hash}'\n"),
+            Path::new("."),
+        )
+        .expect("valid");
+        let with = |password: &str| {
+            let mut h = HeaderMap::new();
+            let v = base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"));
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Basic {v}")).expect("header"),
+            );
+            h
+        };
+        let attacker: IpAddr = [10, 0, 0, 9].into();
+        let user: IpAddr = [10, 0, 0, 1].into();
+        let runs = || {
+            web.auth
+                .as_ref()
+                .expect("auth")
+                .bcrypt_runs
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let mut results = Vec::new();
+        for i in 0..20 {
+            results.push(web.authorize(&with(&format!("guess-{i}")), attacker).await);
+        }
+        let denied = results.iter().filter(|r| **r == AuthResult::Denied).count();
+        assert_eq!(denied, FAILURE_BURST as usize, "{results:?}");
+        assert_eq!(
+            runs(),
+            FAILURE_BURST as usize,
+            "limited tries run no bcrypt"
+        );
+        assert_eq!(
+            web.authorize(&with("guess-0"), attacker).await,
+            AuthResult::Limited
+        );
+        // Another address is not limited, and the right password passes.
+        assert_eq!(
+            web.authorize(&with("right"), user).await,
+            AuthResult::Allowed
+        );
+        // A wrong password tried again costs no bcrypt run.
+        let before = runs();
+        assert_eq!(
+            web.authorize(&with("again"), user).await,
+            AuthResult::Denied
+        );
+        assert_eq!(
+            web.authorize(&with("again"), user).await,
+            AuthResult::Denied
+        );
+        assert_eq!(runs(), before + 1);
     }
 }

@@ -23,9 +23,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 
-use super::{Chunks, landing};
+use super::{Chunks, HttpStats, landing};
 use crate::exporter::{Exporter, Readiness, ReloadError};
-use crate::web::{Web, WebConfig};
+use crate::web::{AuthResult, Web, WebConfig};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Largest request body accepted by a route that never reads one (by its
@@ -120,14 +120,15 @@ impl Routes {
         web: &Web,
         req: hyper::Request<Incoming>,
         peer: SocketAddr,
+        stats: &HttpStats,
     ) -> Response<Chunks> {
         let route = self.routes.iter().find(|r| r.path == req.uri().path());
         let mut response = match route {
-            Some(route) => self.respond_by(route, web, req, peer).await,
+            Some(route) => self.respond_by(route, web, req, peer, stats).await,
             None => {
                 if let Some(refused) = refuse_unread_body(&req) {
                     refused
-                } else if let Some(refused) = refuse_auth(web, &req, peer).await {
+                } else if let Some(refused) = refuse_auth(web, &req, peer, stats).await {
                     refused
                 } else {
                     plain(StatusCode::NOT_FOUND, "not found; try /metrics\n")
@@ -146,6 +147,7 @@ impl Routes {
         web: &Web,
         req: hyper::Request<Incoming>,
         peer: SocketAddr,
+        stats: &HttpStats,
     ) -> Response<Chunks> {
         if let BodyPolicy::Unread = route.body {
             if let Some(refused) = refuse_unread_body(&req) {
@@ -153,7 +155,7 @@ impl Routes {
             }
         }
         if route.auth == Auth::Web {
-            if let Some(refused) = refuse_auth(web, &req, peer).await {
+            if let Some(refused) = refuse_auth(web, &req, peer, stats).await {
                 return refused;
             }
         }
@@ -212,20 +214,37 @@ fn refuse_unread_body(req: &hyper::Request<Incoming>) -> Option<Response<Chunks>
     Some(r)
 }
 
-/// The web config's basic auth: `None` when the request may go on.
+/// The web config's basic auth: `None` when the request may go on. Every
+/// check is counted, except when there are no users.
 async fn refuse_auth(
     web: &Web,
     req: &hyper::Request<Incoming>,
     peer: SocketAddr,
+    stats: &HttpStats,
 ) -> Option<Response<Chunks>> {
-    let _ = peer;
-    if web.authorized(req.headers()).await {
+    if web.users() == 0 {
         return None;
     }
-    let mut r = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
-    Some(r)
+    let result = web.authorize(req.headers(), peer.ip()).await;
+    stats.auth(result);
+    match result {
+        AuthResult::Allowed => None,
+        AuthResult::Denied => {
+            let mut r = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+            Some(r)
+        }
+        AuthResult::Limited => {
+            let mut r = plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins from this address; retry later\n",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Some(r)
+        }
+    }
 }
 
 /// Reads a whole body of at most `limit` bytes within [`BODY_TIMEOUT`].

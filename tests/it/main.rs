@@ -5,6 +5,7 @@ mod backfill;
 mod config;
 mod dashboards;
 mod discovery;
+mod edge;
 mod errors;
 mod exposition;
 mod faults;

@@ -298,15 +298,16 @@ pub fn wait_exit(
 /// Sends raw bytes on a fresh connection to `addr` (`host:port`) and returns
 /// all that comes back (bounded by 5 s).
 pub async fn raw(addr: &str, request: &[u8]) -> String {
+    raw_for(addr, request, std::time::Duration::from_secs(5)).await
+}
+
+/// [`raw`], reading for at most `within`.
+pub async fn raw_for(addr: &str, request: &[u8], within: std::time::Duration) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("send");
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        stream.read_to_end(&mut answer),
-    )
-    .await;
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
 }
 
