@@ -145,7 +145,7 @@ fn main() {
     // calls, and thresholds the sandbox's usage figures (capped at 99 % of made-up
     // hourly allowances that 1,000 flows pass) never reach.
     let mut text = format!(
-        "[graph]\nbase_url = \"http://{addr}\"\nmax_concurrency = {concurrency}\nretry_backoff_seconds = 0.05\n[rate_limit]\nmin_call_interval = \"0s\"\nslow_down_at = 0.99\nstop_at = 1.0\n"
+        "[graph]\nbase_url = \"http://{addr}\"\nmax_concurrency = {concurrency}\nretry_backoff = \"50ms\"\n[rate_limit]\nmin_call_interval = \"0s\"\nslow_down_at = 0.99\nstop_at = 1.0\n"
     );
     for waba in flows_exporter::sandbox::REALISTIC_WABA_IDS {
         text.push_str(&format!("[[wabas]]\nid = \"{waba}\"\n"));

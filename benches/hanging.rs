@@ -49,7 +49,7 @@ fn main() {
         );
         let config = Config::parse(&format!(
             "[graph]\nbase_url = \"{base}\"\nmax_concurrency = {concurrency}\n\
-             timeout_seconds = {deadline_s}\ndeadline = \"{deadline_s}s\"\n\
+             timeout = \"{deadline_s}s\"\ndeadline = \"{deadline_s}s\"\n\
              [rate_limit]\nmin_call_interval = \"0s\"\nslow_down_at = 0.99\nstop_at = 1.0\n\
              [granularity.day]\nenabled = false\n[granularity.lifetime]\nenabled = false\n\
              [[wabas]]\nid = \"{}\"\n[[wabas]]\nid = \"{}\"\n",

@@ -78,7 +78,7 @@ fn main() {
     // calls, and thresholds the sandbox's usage figures (capped at 99 % of made-up
     // hourly allowances that 1,000 flows pass) never reach.
     let mut text = format!(
-        "[graph]\nbase_url = \"http://{addr}\"\nmax_concurrency = 8\nretry_backoff_seconds = 0.01\n[rate_limit]\nmin_call_interval = \"0s\"\nslow_down_at = 0.99\nstop_at = 1.0\n"
+        "[graph]\nbase_url = \"http://{addr}\"\nmax_concurrency = 8\nretry_backoff = \"10ms\"\n[rate_limit]\nmin_call_interval = \"0s\"\nslow_down_at = 0.99\nstop_at = 1.0\n"
     );
     for w in REALISTIC_WABA_IDS {
         text.push_str(&format!("[[wabas]]\nid = \"{w}\"\n"));

@@ -48,6 +48,45 @@ pub async fn run_web(
     web: Arc<WebConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_on(
+        exporter,
+        vec![listener],
+        crate::server::DEFAULT_METRICS_PATH,
+        web,
+        shutdown,
+    )
+    .await
+}
+
+/// Where the HTTP side serves: the addresses (`--web.listen-address`, else
+/// `server.listen`) and the exposition's path (`--web.telemetry-path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub addresses: Vec<std::net::SocketAddr>,
+    pub metrics_path: String,
+}
+
+/// Binds every address of `listen`; the error names the one that failed.
+async fn bind(listen: &Listen) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(listen.addresses.len());
+    for addr in &listen.addresses {
+        listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        );
+    }
+    Ok(listeners)
+}
+
+/// [`run_web`] on every listener, with the exposition at `metrics_path`.
+pub async fn run_on(
+    exporter: Arc<Exporter>,
+    listeners: Vec<TcpListener>,
+    metrics_path: &str,
+    web: Arc<WebConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let mut scheduler = JobScheduler::new()
         .await
@@ -73,17 +112,26 @@ pub async fn run_web(
     }
 
     let served = {
-        let server = server::serve_web(
-            listener,
+        let routes = Arc::new(server::routes::exporter(
             exporter.clone(),
             web.clone(),
-            shutdown.clone().cancelled_owned(),
-        );
-        tokio::pin!(server);
+            metrics_path,
+        ));
+        let stats: Arc<server::HttpStats> = exporter.telemetry_handle();
+        let servers = futures_util::future::try_join_all(listeners.into_iter().map(|listener| {
+            server::serve_routes(
+                listener,
+                routes.clone(),
+                web.clone(),
+                stats.clone(),
+                shutdown.clone().cancelled_owned(),
+            )
+        }));
+        tokio::pin!(servers);
         tokio::select! {
-            served = &mut server => served,
-            // Returns on shutdown; the server is stopping then too.
-            () = follow_reloads(&exporter, &web, &scheduler, &tracker, &shutdown, scheduled) => server.await,
+            served = &mut servers => served.map(|_| ()),
+            // Returns on shutdown; the servers are stopping then too.
+            () = follow_reloads(&exporter, &web, &scheduler, &tracker, &shutdown, scheduled) => servers.await.map(|_| ()),
         }
     };
 
@@ -299,17 +347,29 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// `flows-exporter serve`.
-pub async fn serve(config: Config, web: WebConfig) -> anyhow::Result<()> {
+pub async fn serve(config: Config, web: WebConfig, listen: Listen) -> anyhow::Result<()> {
     let token = config.graph.token.load()?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = listener.local_addr().unwrap_or(config.listen);
-    info!(%address, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, web_config = ?web.path(), tls = web.current().is_tls(), basic_auth_users = web.current().users(), "serving /metrics");
+    let listeners = bind(&listen).await?;
+    let addresses: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    for note in &config.deprecated {
+        warn!(config = ?config.path, "{note}");
+    }
+    info!(address = %addresses.join(","), metrics_path = %listen.metrics_path, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, web_config = ?web.path(), tls = web.current().is_tls(), basic_auth_users = web.current().users(), version = crate::version::VERSION, revision = crate::version::REVISION, "serving /metrics");
     let exporter = Exporter::new(config, token, Clock::system())?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let result = run_web(exporter, listener, Arc::new(web), shutdown).await;
+    let result = run_on(
+        exporter,
+        listeners,
+        &listen.metrics_path,
+        Arc::new(web),
+        shutdown,
+    )
+    .await;
     signals.abort();
     result
 }
@@ -349,16 +409,16 @@ pub fn demo_config(listen: std::net::SocketAddr, base_url: String) -> Config {
 }
 
 /// `flows-exporter demo`: the sandbox Graph API and an exporter against it.
-pub async fn demo(listen: std::net::SocketAddr, web: WebConfig) -> anyhow::Result<()> {
+pub async fn demo(listen: Listen, web: WebConfig) -> anyhow::Result<()> {
     let sandbox_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot start the sandbox Graph API")?;
     let sandbox_addr = sandbox_listener.local_addr()?;
-    let listener = TcpListener::bind(listen)
+    let listeners = bind(&listen)
         .await
-        .with_context(|| format!("cannot listen on {listen} (choose another with --listen)"))?;
-    let listen = listener.local_addr()?;
-    let config = demo_config(listen, format!("http://{sandbox_addr}"));
+        .context("choose another address with --web.listen-address")?;
+    let first = listeners[0].local_addr()?;
+    let config = demo_config(first, format!("http://{sandbox_addr}"));
     let exporter = Exporter::new(config, Secret::new(DEMO_TOKEN), Clock::system())?;
 
     let shutdown = CancellationToken::new();
@@ -374,12 +434,15 @@ pub async fn demo(listen: std::net::SocketAddr, web: WebConfig) -> anyhow::Resul
     } else {
         "http"
     };
+    let path = &listen.metrics_path;
     let banner = format!(
         "flows-exporter demo: a sandbox Graph API with realistic data, and the exporter polling it.\n\
-         \n  metrics:        {scheme}://{listen}/metrics\n  landing page:   {scheme}://{listen}/\n  \
-         readiness:      {scheme}://{listen}/-/ready\n  sandbox Graph:  \
+         \n  metrics:        {scheme}://{first}{path}\n  landing page:   {scheme}://{first}/\n  \
+         readiness:      {scheme}://{first}/-/ready\n  sandbox Graph:  \
          http://{sandbox_addr}/v23.0/102290129340398/flows?fields=id,name,status \
-         (Authorization: Bearer {DEMO_TOKEN})\n\nPress Ctrl-C to stop.\n"
+         (Authorization: Bearer {DEMO_TOKEN})\n\n\
+         Backfill the same data into a file: flows-exporter backfill --demo --since -7d --until yesterday --output flows.om\n\
+         \nPress Ctrl-C to stop.\n"
     );
     {
         use std::io::Write as _;
@@ -387,7 +450,7 @@ pub async fn demo(listen: std::net::SocketAddr, web: WebConfig) -> anyhow::Resul
         let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
 
-    let result = run_web(exporter, listener, Arc::new(web), shutdown.clone()).await;
+    let result = run_on(exporter, listeners, path, Arc::new(web), shutdown.clone()).await;
     shutdown.cancel();
     signals.abort();
     match sandbox_task.await {
@@ -395,5 +458,33 @@ pub async fn demo(listen: std::net::SocketAddr, web: WebConfig) -> anyhow::Resul
         Ok(Err(e)) => warn!(error = %e, "sandbox ended with an error"),
         Err(e) => warn!(error = %e, "sandbox task failed"),
     }
+    result
+}
+
+/// `flows-exporter backfill --demo`: the backfill from the demo's sandbox
+/// Graph API, started for the run on a loopback port and stopped after it.
+pub async fn backfill_demo(
+    options: crate::backfill::Options,
+    progress: Arc<crate::backfill::progress::Progress>,
+) -> anyhow::Result<crate::backfill::Summary> {
+    let sandbox_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot start the sandbox Graph API")?;
+    let sandbox_addr = sandbox_listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let sandbox = tokio::spawn(
+        demo_sandbox(Clock::system()).serve(sandbox_listener, stop.clone().cancelled_owned()),
+    );
+    let config = demo_config(([127, 0, 0, 1], 0).into(), format!("http://{sandbox_addr}"));
+    let result = crate::backfill::run(
+        &config,
+        Secret::new(DEMO_TOKEN),
+        Clock::system(),
+        options,
+        progress,
+    )
+    .await;
+    stop.cancel();
+    let _ = sandbox.await;
     result
 }

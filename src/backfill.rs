@@ -85,6 +85,45 @@ pub struct Options {
     pub output: Output,
 }
 
+/// A date on the command line: a calendar date, or days before today (UTC),
+/// so a command keeps working the day it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateArg {
+    Date(NaiveDate),
+    DaysAgo(u32),
+}
+
+impl DateArg {
+    /// The date, with `today` (UTC) for relative ones.
+    pub fn resolve(self, today: NaiveDate) -> NaiveDate {
+        match self {
+            DateArg::Date(d) => d,
+            DateArg::DaysAgo(n) => today - chrono::Days::new(u64::from(n)),
+        }
+    }
+}
+
+/// Parses `YYYY-MM-DD`, `today`, `yesterday` or `-Nd` (N days ago).
+pub fn parse_date_arg(s: &str) -> Result<DateArg, String> {
+    let s = s.trim();
+    match s {
+        "today" => return Ok(DateArg::DaysAgo(0)),
+        "yesterday" => return Ok(DateArg::DaysAgo(1)),
+        _ => {}
+    }
+    if let Some(days) = s.strip_prefix('-').and_then(|r| r.strip_suffix('d')) {
+        return days
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n <= 36_500)
+            .map(DateArg::DaysAgo)
+            .ok_or_else(|| format!("`{s}` is not a number of days like -7d"));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(DateArg::Date)
+        .map_err(|_| format!("`{s}` is not a date: write YYYY-MM-DD, today, yesterday or -7d"))
+}
+
 /// Parses `hour`, `day` (and refuses `lifetime`, which has no history).
 pub fn parse_granularity(s: &str) -> Result<Granularity, String> {
     match Granularity::ALL
@@ -758,6 +797,28 @@ mod tests {
             throttle_wait(None, Duration::from_secs(2), 40),
             MAX_THROTTLE_WAIT
         );
+    }
+
+    #[test]
+    fn dates_are_calendar_dates_or_days_before_today() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 6).expect("date");
+        let at = |s: &str| parse_date_arg(s).map(|d| d.resolve(today));
+        assert_eq!(
+            at("2026-11-30"),
+            Ok(NaiveDate::from_ymd_opt(2026, 11, 30).expect("date"))
+        );
+        assert_eq!(at("today"), Ok(today));
+        assert_eq!(
+            at("yesterday"),
+            Ok(NaiveDate::from_ymd_opt(2026, 12, 5).expect("date"))
+        );
+        assert_eq!(
+            at("-7d"),
+            Ok(NaiveDate::from_ymd_opt(2026, 11, 29).expect("date"))
+        );
+        for bad in ["-7", "7d", "-xd", "2026-13-01", "last week"] {
+            assert!(parse_date_arg(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub struct Config {
     pub granularities: Vec<GranularityConfig>,
     pub rate_limit: RateLimitConfig,
     pub limits: Limits,
+    /// Deprecated keys the file used, with what to write instead; they still
+    /// work. `serve` and a reload log them, `check-config` prints them.
+    pub deprecated: Vec<String>,
 }
 
 /// Bounds on what Graph's answers can make the exporter publish (`[limits]`).
@@ -342,10 +345,14 @@ struct RawGraph {
     api_version: Option<String>,
     access_token_env: Option<String>,
     access_token_file: Option<PathBuf>,
+    timeout: Option<String>,
+    /// Deprecated: `timeout` as a float of seconds.
     timeout_seconds: Option<f64>,
     deadline: Option<String>,
     max_concurrency: Option<i64>,
     max_retries: Option<i64>,
+    retry_backoff: Option<String>,
+    /// Deprecated: `retry_backoff` as a float of seconds.
     retry_backoff_seconds: Option<f64>,
 }
 
@@ -395,7 +402,8 @@ impl RawConfig {
             )
         })?;
 
-        let graph = self.graph.validate()?;
+        let mut deprecated = Vec::new();
+        let graph = self.graph.validate(&mut deprecated)?;
 
         let discovery_schedule = self
             .discovery
@@ -496,6 +504,7 @@ impl RawConfig {
             granularities,
             rate_limit,
             limits,
+            deprecated,
         })
     }
 }
@@ -564,7 +573,7 @@ impl RawRateLimit {
 }
 
 impl RawGraph {
-    fn validate(self) -> Result<GraphConfig, ConfigError> {
+    fn validate(self, deprecated: &mut Vec<String>) -> Result<GraphConfig, ConfigError> {
         let base_url = self
             .base_url
             .unwrap_or_else(|| DEFAULT_BASE_URL.into())
@@ -619,14 +628,18 @@ impl RawGraph {
             (None, None) => TokenSource::Env(DEFAULT_TOKEN_ENV.into()),
         };
 
-        let timeout_seconds = self.timeout_seconds.unwrap_or(30.0);
-        if !(timeout_seconds > 0.0 && timeout_seconds <= 600.0) {
+        let timeout = seconds_or_duration(
+            ("graph.timeout", self.timeout),
+            ("graph.timeout_seconds", self.timeout_seconds),
+            Duration::from_secs(30),
+            deprecated,
+        )?;
+        if timeout.is_zero() || timeout > Duration::from_secs(600) {
             return Err(err(
-                "graph.timeout_seconds",
-                "must be more than 0 and at most 600",
+                "graph.timeout",
+                "must be longer than zero and at most 10m",
             ));
         }
-        let timeout = Duration::from_secs_f64(timeout_seconds);
         let deadline = match self.deadline {
             Some(s) => parse_duration("graph.deadline", &s)?,
             None => DEFAULT_DEADLINE.max(timeout),
@@ -635,7 +648,8 @@ impl RawGraph {
             return Err(err(
                 "graph.deadline",
                 format!(
-                    "must be at least graph.timeout_seconds ({timeout_seconds}s) and at most 1h"
+                    "must be at least graph.timeout ({}s) and at most 1h",
+                    timeout.as_secs_f64()
                 ),
             ));
         }
@@ -647,12 +661,14 @@ impl RawGraph {
         if !(0..=10).contains(&max_retries) {
             return Err(err("graph.max_retries", "must be between 0 and 10"));
         }
-        let retry_backoff_seconds = self.retry_backoff_seconds.unwrap_or(2.0);
-        if !(0.0..=300.0).contains(&retry_backoff_seconds) {
-            return Err(err(
-                "graph.retry_backoff_seconds",
-                "must be between 0 and 300",
-            ));
+        let retry_backoff = seconds_or_duration(
+            ("graph.retry_backoff", self.retry_backoff),
+            ("graph.retry_backoff_seconds", self.retry_backoff_seconds),
+            Duration::from_secs(2),
+            deprecated,
+        )?;
+        if retry_backoff > Duration::from_secs(300) {
+            return Err(err("graph.retry_backoff", "must be at most 5m"));
         }
 
         Ok(GraphConfig {
@@ -663,8 +679,48 @@ impl RawGraph {
             deadline,
             max_concurrency: max_concurrency as usize,
             max_retries: max_retries as u32,
-            retry_backoff: Duration::from_secs_f64(retry_backoff_seconds),
+            retry_backoff,
         })
+    }
+}
+
+/// A duration under `key` (`"30s"`, like every duration in the file) or, the
+/// old way, a float of seconds under `old_key`, which still works and is
+/// reported in `deprecated`. Both at once is an error.
+fn seconds_or_duration(
+    (key, value): (&str, Option<String>),
+    (old_key, old): (&str, Option<f64>),
+    default: Duration,
+    deprecated: &mut Vec<String>,
+) -> Result<Duration, ConfigError> {
+    match (value, old) {
+        (Some(_), Some(_)) => Err(err(
+            old_key,
+            format!("set {key} only ({old_key} is its deprecated spelling)"),
+        )),
+        (Some(text), None) => parse_duration(key, &text),
+        (None, Some(seconds)) => {
+            let d = Duration::try_from_secs_f64(seconds)
+                .map_err(|_| err(old_key, "must be a number of seconds, 0 or more"))?;
+            deprecated.push(format!(
+                "{old_key} is deprecated; write {key} = \"{}\" (durations take ms, s, m, h, d)",
+                format_duration(d)
+            ));
+            Ok(d)
+        }
+        (None, None) => Ok(default),
+    }
+}
+
+/// A duration as the config writes it: `90s`, `250ms`, `2m`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_owned(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -767,6 +823,32 @@ mod tests {
     }
 
     #[test]
+    fn old_duration_keys_still_work_and_say_what_to_write() {
+        let c = Config::parse(
+            "[graph]\ntimeout_seconds = 12.5\nretry_backoff_seconds = 0.25\n[[wabas]]\nid=\"1\"",
+        )
+        .expect("valid");
+        assert_eq!(c.graph.timeout, Duration::from_millis(12_500));
+        assert_eq!(c.graph.retry_backoff, Duration::from_millis(250));
+        assert_eq!(
+            c.deprecated,
+            [
+                "graph.timeout_seconds is deprecated; write graph.timeout = \"12500ms\" (durations take ms, s, m, h, d)",
+                "graph.retry_backoff_seconds is deprecated; write graph.retry_backoff = \"250ms\" (durations take ms, s, m, h, d)",
+            ]
+        );
+        let new = Config::parse(
+            "[graph]\ntimeout = \"12500ms\"\nretry_backoff = \"250ms\"\n[[wabas]]\nid=\"1\"",
+        )
+        .expect("valid");
+        assert_eq!(
+            (new.graph.timeout, new.graph.retry_backoff),
+            (c.graph.timeout, c.graph.retry_backoff)
+        );
+        assert!(new.deprecated.is_empty());
+    }
+
+    #[test]
     fn errors_name_the_key() {
         check_err(
             "[server]\nlisten = \"nope\"\n[[wabas]]\nid=\"1\"",
@@ -774,14 +856,19 @@ mod tests {
             "socket address",
         );
         check_err(
-            "[graph]\ntimeout_seconds = 0\n[[wabas]]\nid=\"1\"",
-            "graph.timeout_seconds",
-            "more than 0",
+            "[graph]\ntimeout = \"0s\"\n[[wabas]]\nid=\"1\"",
+            "graph.timeout",
+            "longer than zero",
         );
         check_err(
-            "[graph]\ntimeout_seconds = \"x\"\n[[wabas]]\nid=\"1\"",
-            "graph.timeout_seconds",
+            "[graph]\ntimeout = 5\n[[wabas]]\nid=\"1\"",
+            "graph.timeout",
             "invalid type",
+        );
+        check_err(
+            "[graph]\ntimeout = \"5s\"\ntimeout_seconds = 5\n[[wabas]]\nid=\"1\"",
+            "graph.timeout_seconds",
+            "set graph.timeout only",
         );
         check_err(
             "[graph]\nbogus = 1\n[[wabas]]\nid=\"1\"",

@@ -28,6 +28,7 @@
 //!   swapped whole by a reload ([`server::reload`]: config and web config, both or neither).
 //! - [`app`]: scheduler, server and signals wired together; `serve` and `demo`.
 //! - [`sandbox`]: a fake Graph API for the demo, tests and benchmarks.
+//! - [`version`]: what build this is (`--version`, `build_info`).
 
 pub mod app;
 pub mod backfill;
@@ -37,6 +38,7 @@ pub mod exporter;
 pub mod exposition;
 pub mod flowdata;
 pub mod graph;
+pub mod logfmt;
 pub mod model;
 pub mod poll;
 pub mod ratelimit;
@@ -44,4 +46,5 @@ pub mod sandbox;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod version;
 pub mod web;

@@ -1,5 +1,10 @@
 //! Command line: parses arguments, sets up logging, loads the config and hands
 //! over to the library. Errors become the exit code here and only here.
+//!
+//! Flags follow the Prometheus exporters' conventions (`--web.listen-address`,
+//! `--web.telemetry-path`, `--web.config.file`, `--log.level`, `--log.format`,
+//! `--config.file`). A flag wins over the config file, which wins over the
+//! default.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -9,54 +14,111 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::NaiveDate;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use flows_exporter::app::{self, Listen};
 use flows_exporter::backfill::progress::{LogWriter, Progress};
 use flows_exporter::backfill::sink::{Auth, RemoteWriteConfig};
-use flows_exporter::backfill::{self, Output};
-use flows_exporter::config::Secret;
+use flows_exporter::backfill::{self, DateArg, Output};
+use flows_exporter::config::{Config, Secret};
 use flows_exporter::model::{Clock, Granularity};
+use flows_exporter::version;
 use flows_exporter::web::WebConfig;
-use flows_exporter::{app, config::Config};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "flows-exporter",
-    version,
+    version = version::VERSION,
+    long_version = version::LONG,
     about = "Prometheus exporter for the WhatsApp Flows Metrics API"
 )]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Args)]
+struct LogArgs {
+    /// Only log messages at this level or above. Without it,
+    /// FLOWS_EXPORTER_LOG (a tracing filter, e.g. `info,flows_exporter::graph=debug`)
+    /// if set, else info.
+    #[arg(long = "log.level", global = true, value_enum, value_name = "LEVEL")]
+    level: Option<LogLevel>,
+    /// How log lines are written, on standard error.
+    #[arg(
+        long = "log.format",
+        global = true,
+        value_enum,
+        default_value = "logfmt",
+        value_name = "FORMAT"
+    )]
+    format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Logfmt,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Poll the Flows Metrics API on a schedule and serve /metrics.
     Serve {
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         #[command(flatten)]
         web: WebArgs,
+        #[command(flatten)]
+        listen: ListenArgs,
     },
     /// Run a built-in sandbox Graph API and the exporter against it: no account needed.
     Demo {
-        #[arg(long, default_value = flows_exporter::config::DEFAULT_LISTEN)]
-        listen: SocketAddr,
         #[command(flatten)]
         web: WebArgs,
+        #[command(flatten)]
+        listen: ListenArgs,
     },
-    /// Validate a config file (and a web config file, if given) and exit.
+    /// Validate a config file (and a web config file, if given): exits non-zero,
+    /// saying why on standard error, when something is wrong, including a
+    /// token that cannot be read.
     CheckConfig {
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         #[command(flatten)]
         web: WebArgs,
     },
     /// Load the history Graph still serves (30 days of hour, 90 days of day data)
     /// into an OpenMetrics file or a remote-write receiver, once.
     Backfill(BackfillArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// The config file (TOML).
+    #[arg(
+        long = "config.file",
+        alias = "config",
+        default_value = "config.toml",
+        value_name = "PATH"
+    )]
+    path: PathBuf,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        Config::load(&self.path).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -80,16 +142,61 @@ impl WebArgs {
 }
 
 #[derive(Debug, Args)]
+struct ListenArgs {
+    /// Address to serve /metrics and the other routes on; repeat it for
+    /// several. Wins over the config's server.listen (default 127.0.0.1:9878).
+    #[arg(
+        long = "web.listen-address",
+        alias = "listen",
+        value_name = "ADDR:PORT"
+    )]
+    addresses: Vec<SocketAddr>,
+    /// Path of the exposition.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = telemetry_path, value_name = "PATH")]
+    telemetry_path: String,
+}
+
+impl ListenArgs {
+    /// What to listen on: the flag's addresses, else `default`.
+    fn resolve(self, default: SocketAddr) -> Listen {
+        Listen {
+            addresses: if self.addresses.is_empty() {
+                vec![default]
+            } else {
+                self.addresses
+            },
+            metrics_path: self.telemetry_path,
+        }
+    }
+}
+
+fn telemetry_path(s: &str) -> Result<String, String> {
+    let reserved = ["/", "/-/healthy", "/-/ready", "/-/reload"];
+    if !s.starts_with('/') || s.contains(['?', '#', ' ']) {
+        Err(format!("`{s}` is not a path like /metrics"))
+    } else if reserved.contains(&s) {
+        Err(format!("`{s}` is one of the exporter's own routes"))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+#[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("target").required(true).args(["output", "remote_write"]))]
 struct BackfillArgs {
-    #[arg(long, default_value = "config.toml")]
-    config: PathBuf,
-    /// First date (UTC) whose periods are backfilled, YYYY-MM-DD.
-    #[arg(long)]
-    since: NaiveDate,
-    /// Last date (UTC) whose periods are backfilled, YYYY-MM-DD, inclusive.
-    #[arg(long)]
-    until: NaiveDate,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Backfill from the built-in sandbox Graph API (the demo's data) instead
+    /// of the config's: no account needed.
+    #[arg(long, conflicts_with = "path")]
+    demo: bool,
+    /// First date (UTC) whose periods are backfilled: YYYY-MM-DD, `today`,
+    /// `yesterday`, or `-Nd` (N days ago).
+    #[arg(long, value_parser = backfill::parse_date_arg, allow_hyphen_values = true)]
+    since: DateArg,
+    /// Last date (UTC) whose periods are backfilled, inclusive; as --since.
+    #[arg(long, value_parser = backfill::parse_date_arg, allow_hyphen_values = true)]
+    until: DateArg,
     /// Granularities, comma-separated (hour, day). Default: those enabled in the
     /// config, except lifetime.
     #[arg(long, value_delimiter = ',', value_parser = backfill::parse_granularity)]
@@ -144,16 +251,22 @@ fn main() -> ExitCode {
         Some(p) => BoxMakeWriter::new(LogWriter(p.clone())),
         None => BoxMakeWriter::new(std::io::stderr),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOWS_EXPORTER_LOG").unwrap_or_else(
-                |_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"),
-            ),
-        )
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    match run(cli, progress) {
+    let filter = match (cli.log.level, std::env::var("FLOWS_EXPORTER_LOG")) {
+        (Some(level), _) => {
+            let level = format!("{level:?}").to_ascii_lowercase();
+            tracing_subscriber::EnvFilter::new(format!("{level},tokio_cron_scheduler=warn"))
+        }
+        (None, Ok(filter)) => tracing_subscriber::EnvFilter::new(filter),
+        (None, Err(_)) => tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match cli.log.format {
+        LogFormat::Logfmt => logs.event_format(flows_exporter::logfmt::Logfmt).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    match run(cli.command, progress) {
         Ok(Done::Complete) => ExitCode::SUCCESS,
         Ok(Done::Partial(lost)) => {
             eprintln!(
@@ -175,12 +288,20 @@ enum Done {
     Partial(u64),
 }
 
-fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<Done> {
-    match cli.command {
+fn run(command: Command, progress: Option<Arc<Progress>>) -> anyhow::Result<Done> {
+    match command {
         Command::CheckConfig { config, web } => {
-            let path = config.display().to_string();
-            let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            let path = config.path.display().to_string();
+            let cfg = config.load()?;
+            for note in &cfg.deprecated {
+                eprintln!("{path}: warning: {note}");
+            }
             let web_config = web.load()?.current();
+            // A config whose token cannot be read would make `serve` fail.
+            cfg.graph
+                .token
+                .load()
+                .map_err(|e| anyhow::anyhow!("{path}: {e} (serve needs it)"))?;
             if let Some(web_path) = &web.web_config {
                 println!(
                     "{}: OK ({}, {} basic-auth user(s))",
@@ -203,37 +324,58 @@ fn run(cli: Cli, progress: Option<Arc<Progress>>) -> anyhow::Result<Done> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            if let Err(e) = cfg.graph.token.load() {
-                println!("{path}: note: {e} (needed by `serve`)");
-            }
             Ok(Done::Complete)
         }
-        Command::Serve { config, web } => {
-            let path = config.display().to_string();
-            let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        Command::Serve {
+            config,
+            web,
+            listen,
+        } => {
+            let cfg = config.load()?;
             let web = web.load()?;
-            runtime()?.block_on(app::serve(cfg, web))?;
+            let listen = listen.resolve(cfg.listen);
+            runtime()?.block_on(app::serve(cfg, web, listen))?;
             Ok(Done::Complete)
         }
-        Command::Demo { listen, web } => {
+        Command::Demo { web, listen } => {
             let web = web.load()?;
+            let listen = listen.resolve(
+                flows_exporter::config::DEFAULT_LISTEN
+                    .parse()
+                    .context("the default listen address")?,
+            );
             runtime()?.block_on(app::demo(listen, web))?;
             Ok(Done::Complete)
         }
         Command::Backfill(args) => {
-            let path = args.config.display().to_string();
-            let cfg = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-            let token = cfg
-                .graph
-                .token
-                .load()
-                .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
             let allow_partial = args.allow_partial;
+            let demo = args.demo;
+            let loaded = if demo {
+                None
+            } else {
+                let path = args.config.path.display().to_string();
+                let cfg = args.config.load()?;
+                let token = cfg
+                    .graph
+                    .token
+                    .load()
+                    .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+                Some((cfg, token))
+            };
             let options = backfill_options(args)?;
             let progress = progress.unwrap_or_else(Progress::hidden);
             let summary = runtime()?.block_on(async {
+                let work = async {
+                    match loaded {
+                        Some((cfg, token)) => {
+                            backfill::run(&cfg, token, Clock::system(), options, progress.clone())
+                                .await
+                        }
+                        None => app::backfill_demo(options, progress.clone()).await,
+                    }
+                };
                 tokio::select! {
-                    result = backfill::run(&cfg, token, Clock::system(), options, progress.clone()) => result,
+                    result = work => result,
                     () = app::cancel_on_signal(tokio_util::sync::CancellationToken::new()) => Err(anyhow::anyhow!("interrupted; nothing was completed (a re-run starts over and writes the same samples)")),
                 }
             });
@@ -296,9 +438,10 @@ fn backfill_options(args: BackfillArgs) -> anyhow::Result<backfill::Options> {
         }
         (None, None) => anyhow::bail!("give --output FILE or --remote-write URL"),
     };
+    let today = chrono::Utc::now().date_naive();
     Ok(backfill::Options {
-        since: args.since,
-        until: args.until,
+        since: args.since.resolve(today),
+        until: args.until.resolve(today),
         granularities: args.granularity,
         chunk_periods: args.chunk_periods,
         output,

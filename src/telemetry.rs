@@ -310,13 +310,13 @@ impl Telemetry {
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
-                "Always 1; labels say which flows-exporter build is running.",
+                "Always 1; labels say which flows-exporter build is running (as `flows-exporter --version` does).",
             ),
-            &["version"],
+            &crate::version::labels().map(|(name, _)| name),
         )
         .expect("valid metric");
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&crate::version::labels().map(|(_, value)| value))
             .set(1);
         reload_successful.set(1);
         for result in ["success", "failure"] {

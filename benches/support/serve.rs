@@ -164,7 +164,7 @@ impl Served {
         // calls, and thresholds the sandbox's usage figures (capped at 99 % of made-up
         // hourly allowances that 1,000 flows pass) never reach.
         let mut text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[graph]\nbase_url = \"http://{sandbox_addr}\"\nmax_concurrency = {concurrency}\nretry_backoff_seconds = 0.05\n[rate_limit]\nmin_call_interval = \"0s\"\nslow_down_at = 0.99\nstop_at = 1.0\n"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[graph]\nbase_url = \"http://{sandbox_addr}\"\nmax_concurrency = {concurrency}\nretry_backoff = \"50ms\"\n[rate_limit]\nmin_call_interval = \"0s\"\nslow_down_at = 0.99\nstop_at = 1.0\n"
         );
         for w in &wabas {
             text.push_str(&format!("[[wabas]]\nid = \"{w}\"\n"));

@@ -58,8 +58,8 @@ async fn setup() -> Setup {
 base_url = "{}"
 max_concurrency = 4
 max_retries = 2
-retry_backoff_seconds = 0.01
-timeout_seconds = 10
+retry_backoff = "10ms"
+timeout = "10s"
 
 [[wabas]]
 id = "{WABA_1}"
@@ -662,7 +662,7 @@ async fn the_exit_status_says_whether_anything_was_lost() {
         &config,
         format!(
             "[graph]\nbase_url = \"{}\"\naccess_token_file = \"{}\"\nmax_retries = 1\n\
-             retry_backoff_seconds = 0.01\ntimeout_seconds = 2\n\
+             retry_backoff = \"10ms\"\ntimeout = \"2s\"\n\
              [[wabas]]\nid = \"{WABA_1}\"\n[[wabas]]\nid = \"{WABA_2}\"\n",
             sb.base_url,
             token.display()

@@ -2,16 +2,22 @@
 
 use std::process::Command;
 
+/// `check-config` on `text`, with a token in the environment.
 fn check_config(text: &str) -> (bool, String, String) {
+    check_config_with(text, Some("EAAcheck-token"))
+}
+
+fn check_config_with(text: &str, token: Option<&str>) -> (bool, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_flows-exporter"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env_remove("WHATSAPP_ACCESS_TOKEN")
-        .output()
-        .expect("run flows-exporter");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flows-exporter"));
+    command.args(["check-config", "--config.file"]).arg(&path);
+    match token {
+        Some(t) => command.env("WHATSAPP_ACCESS_TOKEN", t),
+        None => command.env_remove("WHATSAPP_ACCESS_TOKEN"),
+    };
+    let out = command.output().expect("run flows-exporter");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -26,6 +32,41 @@ fn the_shipped_config_is_valid() {
     let (ok, stdout, stderr) = check_config(&text);
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("OK"), "{stdout}");
+}
+
+/// A config whose token cannot be read would make `serve` fail: check-config
+/// says so on standard error and exits non-zero, naming the key.
+#[test]
+fn a_token_that_cannot_be_read_fails_the_check() {
+    let (ok, stdout, stderr) = check_config_with("[[wabas]]\nid = \"1\"\n", None);
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("graph.access_token_env")
+            && stderr.contains("WHATSAPP_ACCESS_TOKEN is not set"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = check_config_with(
+        "[graph]\naccess_token_file = \"/nonexistent/token\"\n[[wabas]]\nid = \"1\"\n",
+        Some("EAAx"),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("graph.access_token_file") && stderr.contains("/nonexistent/token"),
+        "{stderr}"
+    );
+}
+
+/// Old duration keys still work: check-config passes and warns on standard
+/// error with what to write instead.
+#[test]
+fn deprecated_keys_are_warned_about() {
+    let (ok, _, stderr) = check_config("[graph]\ntimeout_seconds = 30\n[[wabas]]\nid = \"1\"\n");
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("graph.timeout_seconds is deprecated; write graph.timeout = \"30s\""),
+        "{stderr}"
+    );
 }
 
 #[test]

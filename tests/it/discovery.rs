@@ -135,7 +135,7 @@ async fn static_flows_are_polled_without_discovery() {
         r#"
 [graph]
 base_url = "{}"
-retry_backoff_seconds = 0.01
+retry_backoff = "10ms"
 [[flows]]
 id = "{}"
 name = "Configured name"

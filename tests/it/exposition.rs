@@ -8,10 +8,21 @@ use flows_exporter::model::{Granularity, MetricKind};
 use crate::support::*;
 
 /// Masks the values that depend on wall time or the process (durations,
-/// pacing waits, process_* metrics); everything else must match exactly.
+/// pacing waits, process_* metrics) and the build (build_info's labels other
+/// than the version); everything else must match exactly.
 fn normalize(text: &str) -> String {
     text.lines()
         .map(|l| {
+            if l.starts_with("whatsapp_flows_exporter_build_info{") {
+                let version = l
+                    .split(['{', ','])
+                    .find(|p| p.starts_with("version=\""))
+                    .and_then(|p| p.split('"').nth(1))
+                    .unwrap_or("");
+                return format!(
+                    "whatsapp_flows_exporter_build_info{{<build>,version=\"{version}\"}} 1\n"
+                );
+            }
             let varies = !l.starts_with('#')
                 && (l.starts_with("process_")
                     || l.starts_with("whatsapp_flows_exporter_rate_limit_wait")

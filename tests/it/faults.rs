@@ -486,8 +486,8 @@ base_url = "{}"
 api_version = "v23.0"
 max_concurrency = 1
 max_retries = 1
-retry_backoff_seconds = 0.01
-timeout_seconds = 1
+retry_backoff = "10ms"
+timeout = "1s"
 deadline = "1s"
 
 [[wabas]]

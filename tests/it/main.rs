@@ -9,6 +9,7 @@ mod edge;
 mod errors;
 mod exposition;
 mod faults;
+mod flags;
 mod fuzz_corpus;
 mod hostile;
 mod lifecycle;

@@ -348,7 +348,7 @@ async fn a_reload_does_not_reset_the_budget() {
     let text = |timeout: u32| {
         format!(
             "[graph]\nbase_url = \"{}\"\naccess_token_file = \"{}\"\nmax_concurrency = 1\n\
-             timeout_seconds = {timeout}\n[[wabas]]\nid = \"{WABA_1}\"\n[[wabas]]\nid = \"{WABA_2}\"\n\
+             timeout = \"{timeout}s\"\n[[wabas]]\nid = \"{WABA_1}\"\n[[wabas]]\nid = \"{WABA_2}\"\n\
              [granularity.day]\nenabled = false\n[granularity.lifetime]\nenabled = false\n\
              [rate_limit]\nwaba_calls_per_hour = {budget}\nmin_call_interval = \"0s\"\n",
             sb.base_url,
@@ -395,7 +395,7 @@ async fn throttling_with_many_calls_in_flight_pauses_them_all() {
     let concurrency = 8;
     let text = format!(
         "[graph]\nbase_url = \"{}\"\nmax_concurrency = {concurrency}\nmax_retries = 2\n\
-         retry_backoff_seconds = 0.01\ntimeout_seconds = 5\n\
+         retry_backoff = \"10ms\"\ntimeout = \"5s\"\n\
          [[wabas]]\nid = \"{WABA_1}\"\n[[wabas]]\nid = \"{WABA_2}\"\n\
          [granularity.day]\nenabled = false\n[granularity.lifetime]\nenabled = false\n\
          [rate_limit]\nmin_call_interval = \"0s\"\n",

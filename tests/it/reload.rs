@@ -51,7 +51,7 @@ impl Files {
 /// there), `wabas`, then `extra` (static flows, granularities).
 fn config_file(base_url: &str, graph_extra: &str, wabas: &[&str], extra: &str) -> String {
     let mut text = format!(
-        "[graph]\nbase_url = \"{base_url}\"\nmax_concurrency = 1\nmax_retries = 0\ntimeout_seconds = 5\n{graph_extra}\n[discovery]\nschedule = \"{NEVER}\"\n"
+        "[graph]\nbase_url = \"{base_url}\"\nmax_concurrency = 1\nmax_retries = 0\ntimeout = \"5s\"\n{graph_extra}\n[discovery]\nschedule = \"{NEVER}\"\n"
     );
     for w in wabas {
         text.push_str(&format!("[[wabas]]\nid = \"{w}\"\n"));

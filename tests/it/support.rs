@@ -71,8 +71,8 @@ base_url = "{base_url}"
 api_version = "v23.0"
 max_concurrency = 1
 max_retries = 2
-retry_backoff_seconds = 0.01
-timeout_seconds = 5
+retry_backoff = "10ms"
+timeout = "5s"
 
 [[wabas]]
 id = "{WABA_1}"
