@@ -329,6 +329,8 @@ impl BasicAuth {
                 failed.clear();
             }
             failed.insert(key);
+            drop(failed);
+            self.mark_failed(peer);
             AuthResult::Denied
         }
     }
@@ -351,7 +353,8 @@ impl BasicAuth {
         if bucket.tokens < 1.0 {
             return None;
         }
-        Some(bucket.tokens < f64::from(FAILURE_BURST))
+        // Tries taken by checks still running do not make it a suspect.
+        Some(bucket.failed)
     }
 
     /// Takes one of `peer`'s tries: `None` when it has none left; else
@@ -372,14 +375,23 @@ impl BasicAuth {
         let bucket = failures.entry(peer).or_insert(Bucket {
             tokens: f64::from(FAILURE_BURST),
             at: now,
+            failed: false,
         });
         bucket.refill(now);
         if bucket.tokens < 1.0 {
             return None;
         }
-        let suspect = bucket.tokens < f64::from(FAILURE_BURST);
         bucket.tokens -= 1.0;
-        Some(suspect)
+        Some(bucket.failed)
+    }
+
+    /// A check from `peer` failed: its try stays used, and it is a suspect
+    /// until it has all its tries back.
+    fn mark_failed(&self, peer: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bucket) = failures.get_mut(&peer) {
+            bucket.failed = true;
+        }
     }
 
     /// A check that passed gives its try back; an address with all its tries
@@ -399,6 +411,7 @@ impl BasicAuth {
     /// used, no bcrypt run.
     fn failure(&self, peer: IpAddr) {
         let _ = self.take_try(peer);
+        self.mark_failed(peer);
     }
 
     fn cached(&self, key: &[u8; 32]) -> bool {
@@ -441,6 +454,8 @@ fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// A check from it failed since it last had all its tries.
+    failed: bool,
 }
 
 impl Bucket {
@@ -449,6 +464,10 @@ impl Bucket {
             now.saturating_duration_since(self.at).as_secs_f64() / FAILURE_REFILL.as_secs_f64();
         self.tokens = (self.tokens + gained).min(f64::from(FAILURE_BURST));
         self.at = now;
+        // All its tries back: it is no longer a suspect.
+        if self.tokens >= f64::from(FAILURE_BURST) {
+            self.failed = false;
+        }
     }
 }
 
