@@ -1074,15 +1074,7 @@ mod tests {
             Path::new("."),
         )
         .expect("valid");
-        let with = |password: &str| {
-            let mut h = HeaderMap::new();
-            let v = base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"));
-            h.insert(
-                header::AUTHORIZATION,
-                HeaderValue::from_str(&format!("Basic {v}")).expect("header"),
-            );
-            h
-        };
+        let with = |password: &str| basic("alice", password);
         let attacker: IpAddr = [10, 0, 0, 9].into();
         let user: IpAddr = [10, 0, 0, 1].into();
         let runs = || {
@@ -1123,5 +1115,16 @@ mod tests {
             AuthResult::Denied
         );
         assert_eq!(runs(), before + 1);
+    }
+
+    /// `Authorization: Basic` for `user` and `password`.
+    fn basic(user: &str, password: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {v}")).expect("header"),
+        );
+        h
     }
 }

@@ -4,7 +4,6 @@
 //! FLOWS_EXPORTER_LOG), `--config.file`, and `backfill --demo` with dates
 //! relative to today.
 
-use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,18 +51,7 @@ async fn serve(
         command.env(k, v);
     }
     let mut child = Proc(command.spawn().expect("start serve"));
-    let stderr = child.0.stderr.take().expect("stderr");
-    let logs = Arc::new(Mutex::new(String::new()));
-    {
-        let logs = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut all = logs.lock().expect("logs");
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-    }
+    let logs = collect_stderr(&mut child.0);
     (child, logs, dir)
 }
 

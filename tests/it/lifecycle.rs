@@ -253,18 +253,7 @@ async fn serve(
             .spawn()
             .expect("start serve"),
     );
-    let stderr = child.0.stderr.take().expect("stderr");
-    let logs = Arc::new(Mutex::new(String::new()));
-    {
-        let logs = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut all = logs.lock().expect("logs");
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-    }
+    let logs = collect_stderr(&mut child.0);
     let log_text = || logs.lock().expect("logs").clone();
     wait_for("serve to log its address", Duration::from_secs(20), || {
         log_text().contains("serving /metrics")

@@ -330,3 +330,23 @@ pub fn failing_by_class(text: &str) -> std::collections::BTreeMap<String, f64> {
     }
     by_class
 }
+
+/// Collects a child's standard error, line by line, into a shared buffer as
+/// it comes (on a thread of its own).
+pub fn collect_stderr(child: &mut std::process::Child) -> Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead as _;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let logs = Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut all = sink.lock().expect("logs");
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
+    logs
+}
