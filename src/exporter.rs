@@ -178,7 +178,7 @@ impl Exporter {
                 .iter()
                 .filter_map(|(waba, s)| s.last_error.map(|e| format!("WABA {waba}: {}", e.label())))
                 .collect();
-            if state.polled_flows().is_empty() && !failing.is_empty() {
+            if !state.flows.values().any(Flow::is_polled) && !failing.is_empty() {
                 return Readiness::NotReady(format!(
                     "discovery listed no flows to poll; listing failed for {}",
                     failing.join(", ")
