@@ -540,7 +540,6 @@ impl Exporter {
 
         let mut cells = Cells::new();
         let mut failed = 0usize;
-        let mut not_attempted: BTreeMap<&str, u64> = BTreeMap::new();
         // Calls the rate limit refused, by (reason, WABA): logged once per poll.
         let mut refused: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for (flow, metric, outcome) in &answers {
@@ -550,9 +549,8 @@ impl Exporter {
                 failed += 1;
             }
             match outcome {
-                CallOutcome::NotAttempted(skip) => {
-                    *not_attempted.entry(skip.label()).or_default() += 1;
-                }
+                // Counted and logged per reason below.
+                CallOutcome::NotAttempted(_) => {}
                 CallOutcome::Failed(CallError::Refused(r)) => {
                     *refused
                         .entry((r.label(), waba_key(&flow.waba_id)))
@@ -604,7 +602,6 @@ impl Exporter {
                 ),
             }
         }
-        let _ = not_attempted;
         if !refused.is_empty() {
             let summary: Vec<String> = refused
                 .iter()

@@ -105,11 +105,6 @@ impl Routes {
         self
     }
 
-    /// The paths served, for logs and tests.
-    pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.routes.iter().map(|r| r.path.as_str())
-    }
-
     /// Answers one request by its route's policy: the body's declared size,
     /// then authentication, then the method, then the body is read (if the
     /// route reads one), then the handler; the web config's headers go on
