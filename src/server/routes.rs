@@ -195,18 +195,17 @@ impl Routes {
 /// [`MAX_UNREAD_BODY_BYTES`] (413) or of unknown length (411), closing the
 /// connection rather than draining it.
 fn refuse_unread_body(req: &hyper::Request<Incoming>) -> Option<Response<Chunks>> {
-    let size = req.body().size_hint();
-    let mut r = match size.upper() {
-        Some(n) if n <= MAX_UNREAD_BODY_BYTES => return None,
-        Some(_) => plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-        None => plain(
+    match req.body().size_hint().upper() {
+        Some(n) if n <= MAX_UNREAD_BODY_BYTES => None,
+        Some(_) => Some(closing(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        )),
+        None => Some(closing(
             StatusCode::LENGTH_REQUIRED,
             "a request body needs a Content-Length\n",
-        ),
-    };
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    Some(r)
+        )),
+    }
 }
 
 /// The web config's basic auth: `None` when the request may go on. Every
@@ -244,12 +243,7 @@ async fn refuse_auth(
 
 /// Reads a whole body of at most `limit` bytes within [`BODY_TIMEOUT`].
 async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Response<Chunks>> {
-    let too_large = || {
-        let mut r = plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        r
-    };
+    let too_large = || closing(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     if body.size_hint().lower() > limit {
         return Err(too_large());
     }
@@ -258,15 +252,10 @@ async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Response<Chunks>
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(_)) => Err(plain(StatusCode::BAD_REQUEST, "request body broken off\n")),
-        Err(_) => {
-            let mut r = plain(
-                StatusCode::REQUEST_TIMEOUT,
-                "request body not sent in time\n",
-            );
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Err(r)
-        }
+        Err(_) => Err(closing(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not sent in time\n",
+        )),
     }
 }
 
@@ -439,6 +428,15 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<Chunks> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    r
+}
+
+/// A plain-text answer that closes the connection (a body left unread or
+/// half sent is not drained).
+fn closing(status: StatusCode, text: &'static str) -> Response<Chunks> {
+    let mut r = plain(status, text);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
