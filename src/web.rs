@@ -123,11 +123,6 @@ impl Web {
             Some(auth) => auth.check(headers, peer).await,
         }
     }
-
-    /// [`authorize`](Self::authorize) from an address with no history.
-    pub async fn authorized(&self, headers: &HeaderMap) -> bool {
-        self.authorize(headers, IpAddr::from([0, 0, 0, 0])).await == AuthResult::Allowed
-    }
 }
 
 /// What basic auth said of a request.
@@ -990,27 +985,12 @@ mod tests {
 
     #[tokio::test]
     async fn auth_checks_users_and_caches_successes() {
-        let hash = bcrypt::hash_with_salt("right", 4, [1; 16])
-            .expect("hash")
-            .to_string();
-        let web = Web::parse(
-            &format!("basic_auth_users:\n  alice: '{hash}'\n"),
-            Path::new("."),
-        )
-        .expect("valid");
-        let header = |user: &str, pass: &str| {
-            let mut h = HeaderMap::new();
-            let v = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-            h.insert(
-                header::AUTHORIZATION,
-                HeaderValue::from_str(&format!("Basic {v}")).expect("header"),
-            );
-            h
-        };
-        assert!(!web.authorized(&HeaderMap::new()).await);
-        assert!(!web.authorized(&header("alice", "wrong")).await);
-        assert!(!web.authorized(&header("bob", "right")).await);
-        assert!(web.authorized(&header("alice", "right")).await);
+        let web = alice(4);
+        let header = basic;
+        assert!(!allowed(&web, &HeaderMap::new()).await);
+        assert!(!allowed(&web, &header("alice", "wrong")).await);
+        assert!(!allowed(&web, &header("bob", "right")).await);
+        assert!(allowed(&web, &header("alice", "right")).await);
         let auth = web.auth.as_ref().expect("auth");
         assert_eq!(
             auth.cache.lock().expect("lock").len(),
@@ -1019,7 +999,7 @@ mod tests {
         );
         let runs = auth.bcrypt_runs.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(runs, 3, "unknown users and wrong passwords run bcrypt too");
-        assert!(web.authorized(&header("alice", "right")).await);
+        assert!(allowed(&web, &header("alice", "right")).await);
         assert_eq!(
             auth.bcrypt_runs.load(std::sync::atomic::Ordering::Relaxed),
             runs,
@@ -1029,26 +1009,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_new_scrapes_runs_bcrypt_a_few_times_not_each() {
-        let hash = bcrypt::hash_with_salt("right", 6, [1; 16])
-            .expect("hash")
-            .to_string();
-        let web = Arc::new(
-            Web::parse(
-                &format!("basic_auth_users:\n  alice: '{hash}'\n"),
-                Path::new("."),
-            )
-            .expect("valid"),
-        );
-        let mut h = HeaderMap::new();
-        let v = base64::engine::general_purpose::STANDARD.encode("alice:right");
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Basic {v}")).expect("header"),
-        );
+        let web = Arc::new(alice(6));
+        let h = basic("alice", "right");
         let tasks: Vec<_> = (0..200)
             .map(|_| {
                 let (web, h) = (web.clone(), h.clone());
-                tokio::spawn(async move { web.authorized(&h).await })
+                tokio::spawn(async move { allowed(&web, &h).await })
             })
             .collect();
         for t in tasks {
@@ -1066,14 +1032,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_limited_per_address_and_never_cost_the_right_user() {
-        let hash = bcrypt::hash_with_salt("right", 4, [2; 16])
-            .expect("hash")
-            .to_string();
-        let web = Web::parse(
-            &format!("basic_auth_users:\n  alice: '{hash}'\n"),
-            Path::new("."),
-        )
-        .expect("valid");
+        let web = alice(4);
         let with = |password: &str| basic("alice", password);
         let attacker: IpAddr = [10, 0, 0, 9].into();
         let user: IpAddr = [10, 0, 0, 1].into();
@@ -1126,5 +1085,22 @@ mod tests {
             HeaderValue::from_str(&format!("Basic {v}")).expect("header"),
         );
         h
+    }
+
+    /// A web config with the one user alice, password `right`, hashed at `cost`.
+    fn alice(cost: u32) -> Web {
+        let hash = bcrypt::hash_with_salt("right", cost, [1; 16])
+            .expect("hash")
+            .to_string();
+        Web::parse(
+            &format!("basic_auth_users:\n  alice: '{hash}'\n"),
+            Path::new("."),
+        )
+        .expect("valid")
+    }
+
+    /// Whether `headers` are let in, from an address with no failures.
+    async fn allowed(web: &Web, headers: &HeaderMap) -> bool {
+        web.authorize(headers, IpAddr::from([192, 0, 2, 1])).await == AuthResult::Allowed
     }
 }
