@@ -125,9 +125,97 @@ pub struct Config {
     pub granularities: Vec<GranularityConfig>,
     pub rate_limit: RateLimitConfig,
     pub limits: Limits,
+    /// The webhook receiver (`[webhooks]`); `None`: off.
+    pub webhooks: Option<WebhooksConfig>,
+    /// Where durable state lives (`[storage]`).
+    pub storage: StorageConfig,
     /// Deprecated keys the file used, with what to write instead; they still
     /// work. `serve` and a reload log them, `check-config` prints them.
     pub deprecated: Vec<String>,
+}
+
+/// The webhook receiver (`[webhooks]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhooksConfig {
+    /// Its own listener, apart from `/metrics`.
+    pub listen: SocketAddr,
+    /// The route Meta (or the business's own receiver) posts to.
+    pub path: String,
+    /// The app secrets signatures are checked against (several: comma- or
+    /// line-separated).
+    pub app_secret: SecretSource,
+    /// The token of the subscription check; `None` when neither key is set
+    /// and the default variable is unset: checks are refused.
+    pub verify_token: Option<SecretSource>,
+    /// TLS for the webhook listener (an exporter-toolkit web config file, as
+    /// `--web.config.file`; its basic auth does not apply to the webhook route).
+    pub web_config_file: Option<PathBuf>,
+}
+
+/// Default webhook route.
+pub const DEFAULT_WEBHOOK_PATH: &str = "/webhooks";
+pub const DEFAULT_APP_SECRET_ENV: &str = "META_APP_SECRET";
+pub const DEFAULT_VERIFY_TOKEN_ENV: &str = "META_WEBHOOK_VERIFY_TOKEN";
+pub const DEFAULT_STORAGE_PATH: &str = "flows-exporter.db";
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86400);
+
+/// Durable state (`[storage]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// How long raw webhook payloads (and the duplicate memory) are kept.
+    pub retention: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from(DEFAULT_STORAGE_PATH),
+            retention: DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// Where a secret other than the access token comes from; errors name the
+/// key it was configured by, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env { var: String, key: String },
+    File { path: PathBuf, key: String },
+}
+
+impl SecretSource {
+    /// Reads the secret (trimmed; empty is an error).
+    pub fn load(&self) -> Result<Secret, ConfigError> {
+        match self {
+            SecretSource::Env { var, key } => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                Ok(_) => Err(err(
+                    key.as_str(),
+                    format!("environment variable {var} is empty"),
+                )),
+                Err(_) => Err(err(
+                    key.as_str(),
+                    format!("environment variable {var} is not set"),
+                )),
+            },
+            SecretSource::File { path, key } => match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                Ok(_) => Err(err(key.as_str(), format!("{} is empty", path.display()))),
+                Err(e) => Err(err(
+                    key.as_str(),
+                    format!("cannot read {}: {e}", path.display()),
+                )),
+            },
+        }
+    }
+
+    /// Whether it is the default variable, left unset (an optional secret
+    /// nobody configured).
+    fn is_unset_default(&self, default_var: &str) -> bool {
+        matches!(self, SecretSource::Env { var, .. } if var == default_var && std::env::var_os(var).is_none())
+    }
 }
 
 /// Bounds on what Graph's answers can make the exporter publish (`[limits]`).
@@ -287,6 +375,126 @@ struct RawConfig {
     rate_limit: RawRateLimit,
     #[serde(default)]
     limits: RawLimits,
+    webhooks: Option<RawWebhooks>,
+    #[serde(default)]
+    storage: RawStorage,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    listen: Option<String>,
+    path: Option<String>,
+    app_secret_env: Option<String>,
+    app_secret_file: Option<PathBuf>,
+    verify_token_env: Option<String>,
+    verify_token_file: Option<PathBuf>,
+    web_config_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    path: Option<PathBuf>,
+    retention: Option<String>,
+}
+
+/// One secret from `<name>_env` or `<name>_file` of `[webhooks]` (not both),
+/// else the default variable.
+fn secret_source(
+    name: &str,
+    env: Option<String>,
+    file: Option<PathBuf>,
+    default_var: &str,
+) -> Result<SecretSource, ConfigError> {
+    match (env, file) {
+        (Some(_), Some(_)) => Err(err(
+            format!("webhooks.{name}_file"),
+            format!("set webhooks.{name}_env or webhooks.{name}_file, not both"),
+        )),
+        (Some(var), None) if var.trim().is_empty() => Err(err(
+            format!("webhooks.{name}_env"),
+            "must name an environment variable",
+        )),
+        (Some(var), None) => Ok(SecretSource::Env {
+            var,
+            key: format!("webhooks.{name}_env"),
+        }),
+        (None, Some(path)) => Ok(SecretSource::File {
+            path,
+            key: format!("webhooks.{name}_file"),
+        }),
+        (None, None) => Ok(SecretSource::Env {
+            var: default_var.to_owned(),
+            key: format!("webhooks.{name}_env"),
+        }),
+    }
+}
+
+impl RawWebhooks {
+    fn validate(self) -> Result<WebhooksConfig, ConfigError> {
+        let Some(listen_text) = self.listen else {
+            return Err(err(
+                "webhooks.listen",
+                "missing: the webhook receiver needs an address of its own, like \"0.0.0.0:9879\"",
+            ));
+        };
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            err(
+                "webhooks.listen",
+                format!("`{listen_text}` is not a socket address like \"0.0.0.0:9879\""),
+            )
+        })?;
+        let path = self.path.unwrap_or_else(|| DEFAULT_WEBHOOK_PATH.to_owned());
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.starts_with("/-/") {
+            return Err(err(
+                "webhooks.path",
+                format!("`{path}` is not a route like \"/webhooks\""),
+            ));
+        }
+        let app_secret = secret_source(
+            "app_secret",
+            self.app_secret_env,
+            self.app_secret_file,
+            DEFAULT_APP_SECRET_ENV,
+        )?;
+        let verify_token = secret_source(
+            "verify_token",
+            self.verify_token_env,
+            self.verify_token_file,
+            DEFAULT_VERIFY_TOKEN_ENV,
+        )?;
+        let verify_token =
+            (!verify_token.is_unset_default(DEFAULT_VERIFY_TOKEN_ENV)).then_some(verify_token);
+        Ok(WebhooksConfig {
+            listen,
+            path,
+            app_secret,
+            verify_token,
+            web_config_file: self.web_config_file,
+        })
+    }
+}
+
+impl RawStorage {
+    fn validate(self) -> Result<StorageConfig, ConfigError> {
+        let d = StorageConfig::default();
+        let path = self.path.unwrap_or(d.path);
+        if path.as_os_str().is_empty() {
+            return Err(err("storage.path", "must name a file"));
+        }
+        let retention = match self.retention {
+            Some(s) => parse_duration("storage.retention", &s)?,
+            None => d.retention,
+        };
+        if retention < Duration::from_secs(86400) {
+            return Err(err(
+                "storage.retention",
+                "must be at least 1d: Meta resends a webhook for up to 7 days, and the duplicate memory lasts as long as the payloads",
+            ));
+        }
+        Ok(StorageConfig { path, retention })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -493,6 +701,19 @@ impl RawConfig {
 
         let rate_limit = self.rate_limit.validate()?;
         let limits = self.limits.validate()?;
+        let webhooks = self.webhooks.map(RawWebhooks::validate).transpose()?;
+        if let Some(w) = &webhooks {
+            if w.listen == listen {
+                return Err(err(
+                    "webhooks.listen",
+                    format!(
+                        "{} is server.listen too: the webhook receiver needs an address of its own",
+                        w.listen
+                    ),
+                ));
+            }
+        }
+        let storage = self.storage.validate()?;
 
         Ok(Config {
             path: None,
@@ -504,6 +725,8 @@ impl RawConfig {
             granularities,
             rate_limit,
             limits,
+            webhooks,
+            storage,
             deprecated,
         })
     }

@@ -23,11 +23,11 @@ const LATENCY: &str = flowdata::LATENCY.name;
 
 pub use crate::flowdata::{KNOWN_ERROR_TYPES, LatencyHistogram, latency_histogram};
 
-/// A metric family under construction.
-struct Family(MetricFamily);
+/// A metric family under construction (also used by `webhook::render`).
+pub(crate) struct Family(pub(crate) MetricFamily);
 
 impl Family {
-    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+    pub(crate) fn new(name: &str, help: &str, kind: MetricType) -> Family {
         let mut mf = MetricFamily::default();
         mf.set_name(name.to_owned());
         mf.set_help(help.to_owned());
@@ -48,7 +48,7 @@ impl Family {
         Metric::from_label(pairs)
     }
 
-    fn gauge(&mut self, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn gauge(&mut self, labels: &[(&str, &str)], value: f64) {
         let mut m = Family::metric(labels);
         let mut g = Gauge::default();
         g.set_value(value);
@@ -56,7 +56,7 @@ impl Family {
         self.0.mut_metric().push(m);
     }
 
-    fn counter(&mut self, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn counter(&mut self, labels: &[(&str, &str)], value: f64) {
         let mut m = Family::metric(labels);
         let mut c = Counter::default();
         c.set_value(value);

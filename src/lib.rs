@@ -45,6 +45,8 @@ pub mod ratelimit;
 pub mod sandbox;
 pub mod server;
 pub mod snapshot;
+pub mod store;
 pub mod telemetry;
 pub mod version;
 pub mod web;
+pub mod webhook;

@@ -1,0 +1,61 @@
+//! Durable storage of what the webhooks said, behind the small [`Store`]
+//! interface: write a received payload with what it changes in one
+//! transaction, load the state in force at start-up, prune what is past the
+//! retention. [`sqlite::Sqlite`] is the embedded implementation (one file,
+//! WAL mode, every commit synced to disk before the webhook's 200 goes
+//! back); a shared database for several replicas is another implementation
+//! of the same trait.
+//!
+//! The calls block (file I/O and fsync): callers run them on the blocking
+//! pool.
+
+pub mod sqlite;
+
+use std::fmt;
+
+use crate::webhook::state::{Plan, State};
+
+/// A storage failure, with what was being done. Webhook answers become 500
+/// (Meta sends the payload again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// A webhook body as received, signature checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Raw<'a> {
+    /// Unix seconds.
+    pub received_at: i64,
+    pub body: &'a [u8],
+    /// Whether it parsed as a webhook envelope.
+    pub understood: bool,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub raw_events: u64,
+    pub seen_keys: u64,
+}
+
+/// Durable webhook state.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Writes `raw` and `plan` in one transaction, durable when this returns
+    /// `Ok`. Alerts and statuses are replaced only by an event at least as
+    /// new as the stored one, whatever the plan says (another writer may have
+    /// been first).
+    fn commit(&self, raw: Raw<'_>, plan: &Plan) -> Result<(), StoreError>;
+
+    /// The state in force (alerts, statuses, counters, the duplicate memory).
+    fn load(&self) -> Result<State, StoreError>;
+
+    /// Removes raw payloads and duplicate keys received before `cutoff` (Unix
+    /// seconds).
+    fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError>;
+
+    /// How many raw payloads are kept (for tests and the landing page).
+    fn raw_count(&self) -> Result<u64, StoreError>;
+
+    /// Where the data lives, for logs (never a password).
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,464 @@
+//! The embedded [`Store`]: SQLite (rusqlite, the library compiled in) in WAL
+//! mode with `synchronous = FULL`, so a commit is on disk when it returns.
+//! One connection behind a mutex: webhooks are written one transaction at a
+//! time, which an fsync of well under a millisecond makes cheap enough. The
+//! file is created readable by its owner only: it keeps raw payloads, and
+//! `messages` payloads carry what customers wrote.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::{Pruned, Raw, Store, StoreError};
+use crate::webhook::payload::{AlertKind, Detail};
+use crate::webhook::state::{AlertRecord, Plan, State, StatusRecord};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE raw_events (
+    id INTEGER PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    understood INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX raw_events_received_at ON raw_events (received_at);
+CREATE TABLE seen (
+    key TEXT PRIMARY KEY,
+    received_at INTEGER NOT NULL
+);
+CREATE INDEX seen_received_at ON seen (received_at);
+CREATE TABLE alerts (
+    flow_id TEXT NOT NULL,
+    alert TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    threshold REAL,
+    time INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (flow_id, alert)
+);
+CREATE TABLE statuses (
+    flow_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    time INTEGER NOT NULL
+);
+CREATE TABLE status_changes (
+    flow_id TEXT NOT NULL,
+    from_status TEXT NOT NULL,
+    to_status TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (flow_id, from_status, to_status)
+);
+CREATE TABLE expiry_warnings (
+    flow_id TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
+CREATE TABLE wabas (
+    waba_id TEXT PRIMARY KEY,
+    last_received INTEGER NOT NULL
+);
+";
+
+/// A SQLite file.
+#[derive(Debug)]
+pub struct Sqlite {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    /// Set for [`Sqlite::temporary`]: removed with the store.
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn fail(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("{what}: {e}"))
+}
+
+impl Sqlite {
+    /// Opens (or creates) the database at `path` and brings its schema up to
+    /// date.
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
+        create_private(path)?;
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let setup = |conn: &Connection| -> rusqlite::Result<String> {
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            conn.execute_batch("PRAGMA synchronous = FULL;")?;
+            Ok(mode)
+        };
+        let mode = setup(&conn)
+            .map_err(|e| StoreError(format!("cannot set up {}: {e}", path.display())))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError(format!(
+                "{}: the file system does not allow WAL mode (journal mode {mode})",
+                path.display()
+            )));
+        }
+        migrate(&conn).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        Ok(Sqlite {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+            _dir: None,
+        })
+    }
+
+    /// A database in a new temporary directory, removed when the store is
+    /// dropped (`demo`, tests).
+    pub fn temporary() -> Result<Sqlite, StoreError> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| StoreError(format!("cannot make a temporary directory: {e}")))?;
+        let mut store = Sqlite::open(&dir.path().join("flows-exporter.db"))?;
+        store._dir = Some(dir);
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Creates the file readable and writable by its owner only, if it is not there.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError(format!("cannot create {}: {e}", path.display()))),
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), String> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read the schema version: {e}"))?;
+    match version {
+        0 => conn
+            .execute_batch(&format!(
+                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(|e| format!("cannot create the schema: {e}")),
+        SCHEMA_VERSION => Ok(()),
+        v => Err(format!(
+            "schema version {v} was written by a newer flows-exporter (this one knows {SCHEMA_VERSION})"
+        )),
+    }
+}
+
+impl Store for Sqlite {
+    fn commit(&self, raw: Raw<'_>, plan: &Plan) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(fail("cannot begin"))?;
+        tx.execute(
+            "INSERT INTO raw_events (received_at, understood, body) VALUES (?1, ?2, ?3)",
+            params![raw.received_at, raw.understood, raw.body],
+        )
+        .map_err(fail("cannot store the payload"))?;
+        {
+            let mut seen = tx
+                .prepare_cached("INSERT OR IGNORE INTO seen (key, received_at) VALUES (?1, ?2)")
+                .map_err(fail("seen"))?;
+            for key in &plan.seen {
+                seen.execute(params![key, plan.received_at])
+                    .map_err(fail("seen"))?;
+            }
+            let mut alert = tx
+                .prepare_cached(
+                    "INSERT INTO alerts (flow_id, alert, active, threshold, time, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (flow_id, alert) DO UPDATE SET
+                       active = excluded.active, threshold = excluded.threshold,
+                       time = excluded.time, detail = excluded.detail
+                     WHERE excluded.time >= alerts.time",
+                )
+                .map_err(fail("alerts"))?;
+            for (flow, kind, r) in &plan.alerts {
+                let detail = serde_json::to_string(&r.detail)
+                    .map_err(|e| StoreError(format!("alerts: {e}")))?;
+                alert
+                    .execute(params![
+                        flow,
+                        kind.label(),
+                        r.active,
+                        r.threshold,
+                        r.time,
+                        detail
+                    ])
+                    .map_err(fail("alerts"))?;
+            }
+            let mut status = tx
+                .prepare_cached(
+                    "INSERT INTO statuses (flow_id, status, time) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (flow_id) DO UPDATE SET status = excluded.status, time = excluded.time
+                     WHERE excluded.time >= statuses.time",
+                )
+                .map_err(fail("statuses"))?;
+            for (flow, r) in &plan.statuses {
+                status
+                    .execute(params![flow, r.status, r.time])
+                    .map_err(fail("statuses"))?;
+            }
+            let mut change = tx
+                .prepare_cached(
+                    "INSERT INTO status_changes (flow_id, from_status, to_status, count) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (flow_id, from_status, to_status) DO UPDATE SET count = count + 1",
+                )
+                .map_err(fail("status_changes"))?;
+            for (flow, from, to) in &plan.status_changes {
+                change
+                    .execute(params![flow, from, to])
+                    .map_err(fail("status_changes"))?;
+            }
+            let mut expiry = tx
+                .prepare_cached(
+                    "INSERT INTO expiry_warnings (flow_id, count) VALUES (?1, 1)
+                     ON CONFLICT (flow_id) DO UPDATE SET count = count + 1",
+                )
+                .map_err(fail("expiry_warnings"))?;
+            for flow in &plan.expiry_warnings {
+                expiry
+                    .execute(params![flow])
+                    .map_err(fail("expiry_warnings"))?;
+            }
+            let mut waba = tx
+                .prepare_cached(
+                    "INSERT INTO wabas (waba_id, last_received) VALUES (?1, ?2)
+                     ON CONFLICT (waba_id) DO UPDATE SET last_received = max(last_received, excluded.last_received)",
+                )
+                .map_err(fail("wabas"))?;
+            for id in &plan.wabas {
+                waba.execute(params![id, plan.received_at])
+                    .map_err(fail("wabas"))?;
+            }
+        }
+        tx.commit().map_err(fail("cannot commit"))
+    }
+
+    fn load(&self) -> Result<State, StoreError> {
+        let conn = self.conn();
+        let mut state = State::default();
+        let mut q = conn
+            .prepare("SELECT flow_id, alert, active, threshold, time, detail FROM alerts")
+            .map_err(fail("alerts"))?;
+        let rows = q
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Option<f64>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(fail("alerts"))?;
+        for row in rows {
+            let (flow, alert, active, threshold, time, detail) = row.map_err(fail("alerts"))?;
+            let Some(kind) = AlertKind::from_label(&alert) else {
+                continue;
+            };
+            let detail: Detail = serde_json::from_str(&detail)
+                .map_err(|e| StoreError(format!("alerts: detail of {flow} {alert}: {e}")))?;
+            state.alerts.insert(
+                (flow, kind),
+                AlertRecord {
+                    active,
+                    threshold,
+                    time,
+                    detail,
+                },
+            );
+        }
+        let mut q = conn
+            .prepare("SELECT flow_id, status, time FROM statuses")
+            .map_err(fail("statuses"))?;
+        for row in q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(fail("statuses"))?
+        {
+            let (flow, status, time): (String, String, i64) = row.map_err(fail("statuses"))?;
+            state.statuses.insert(flow, StatusRecord { status, time });
+        }
+        let mut q = conn
+            .prepare("SELECT flow_id, from_status, to_status, count FROM status_changes")
+            .map_err(fail("status_changes"))?;
+        for row in q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(fail("status_changes"))?
+        {
+            let (flow, from, to, n): (String, String, String, i64) =
+                row.map_err(fail("status_changes"))?;
+            state
+                .status_changes
+                .insert((flow, from, to), n.max(0) as u64);
+        }
+        let mut q = conn
+            .prepare("SELECT flow_id, count FROM expiry_warnings")
+            .map_err(fail("expiry_warnings"))?;
+        for row in q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(fail("expiry_warnings"))?
+        {
+            let (flow, n): (String, i64) = row.map_err(fail("expiry_warnings"))?;
+            state.expiry_warnings.insert(flow, n.max(0) as u64);
+        }
+        let mut q = conn
+            .prepare("SELECT waba_id, last_received FROM wabas")
+            .map_err(fail("wabas"))?;
+        for row in q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(fail("wabas"))?
+        {
+            let (waba, at): (String, i64) = row.map_err(fail("wabas"))?;
+            state.last_received.insert(waba, at);
+        }
+        let mut q = conn
+            .prepare("SELECT key, received_at FROM seen")
+            .map_err(fail("seen"))?;
+        for row in q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(fail("seen"))?
+        {
+            let (key, at): (String, i64) = row.map_err(fail("seen"))?;
+            state.seen.insert(key, at);
+        }
+        Ok(state)
+    }
+
+    fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(fail("cannot begin"))?;
+        let raw_events = tx
+            .execute("DELETE FROM raw_events WHERE received_at < ?1", [cutoff])
+            .map_err(fail("cannot prune payloads"))? as u64;
+        let seen_keys = tx
+            .execute("DELETE FROM seen WHERE received_at < ?1", [cutoff])
+            .map_err(fail("cannot prune duplicate keys"))? as u64;
+        tx.commit().map_err(fail("cannot commit the prune"))?;
+        Ok(Pruned {
+            raw_events,
+            seen_keys,
+        })
+    }
+
+    fn raw_count(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> = self
+            .conn()
+            .query_row("SELECT count(*) FROM raw_events", [], |r| r.get(0))
+            .optional()
+            .map_err(fail("cannot count payloads"))?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::payload::parse;
+
+    #[test]
+    fn state_survives_reopening_and_prune_removes_old_payloads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"w","time":100,"changes":[
+            {"field":"flows","value":{"event":"ENDPOINT_LATENCY","flow_id":"1","p50_latency":500,"p90_latency":8000,"requests_count":34,"threshold":7000,"alert_state":"ACTIVATED"}},
+            {"field":"flows","value":{"event":"FLOW_STATUS_CHANGE","flow_id":"1","old_status":"PUBLISHED","new_status":"THROTTLED"}}]}]}"#;
+        let mut expected = State::default();
+        {
+            let store = Sqlite::open(&path).expect("opens");
+            let plan = expected.plan(&parse(body).expect("parses"), 1000);
+            store
+                .commit(
+                    Raw {
+                        received_at: 1000,
+                        body,
+                        understood: true,
+                    },
+                    &plan,
+                )
+                .expect("commits");
+            expected.apply(&plan);
+        }
+        let store = Sqlite::open(&path).expect("reopens");
+        assert_eq!(store.load().expect("loads"), expected);
+        assert_eq!(store.raw_count().expect("counts"), 1);
+        assert_eq!(
+            store.prune(1001).expect("prunes"),
+            Pruned {
+                raw_events: 1,
+                seen_keys: 2
+            }
+        );
+        assert_eq!(store.raw_count().expect("counts"), 0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path)
+                .expect("exists")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn an_older_event_never_overwrites_a_newer_row() {
+        let store = Sqlite::temporary().expect("opens");
+        let record = |time, active| AlertRecord {
+            active,
+            threshold: Some(0.9),
+            time,
+            detail: Detail::Availability { ratio: Some(0.5) },
+        };
+        let raw = Raw {
+            received_at: 1,
+            body: b"{}",
+            understood: true,
+        };
+        for (time, active) in [(200, false), (100, true)] {
+            let plan = Plan {
+                alerts: vec![(
+                    "f".into(),
+                    AlertKind::EndpointAvailability,
+                    record(time, active),
+                )],
+                ..Plan::default()
+            };
+            store.commit(raw, &plan).expect("commits");
+        }
+        let state = store.load().expect("loads");
+        assert_eq!(
+            state.alerts[&("f".to_owned(), AlertKind::EndpointAvailability)],
+            record(200, false)
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        drop(Sqlite::open(&path).expect("opens"));
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch("PRAGMA user_version = 99"))
+            .expect("sets");
+        let e = Sqlite::open(&path).expect_err("refused");
+        assert!(e.0.contains("newer flows-exporter"), "{e}");
+    }
+}

@@ -1,0 +1,524 @@
+//! The webhook receiver: Meta's signed webhooks in, durable state out.
+//!
+//! [`Receiver::receive`] checks the `X-Hub-Signature-256` of the raw body
+//! ([`signature`]) before anything else; a signed body is parsed
+//! ([`payload`]), its changes are decided against the state in force
+//! ([`state::State::plan`]: duplicates, order), and the body and the plan
+//! are written in one durable transaction ([`crate::store::Store`]) before
+//! the state in memory changes and the caller answers 200. A signed body
+//! that cannot be understood is stored too (Meta would resend it for days).
+//! [`Receiver::handshake`] answers the subscription check.
+//!
+//! The state renders into `/metrics` ([`render`]) when a scrape finds it
+//! changed; the receiver's own counters ([`Metrics`]) render with it.
+//! `signature`, `payload`, `state` and `render` are pure; this module and
+//! the store do the I/O.
+
+pub mod payload;
+pub mod render;
+pub mod signature;
+pub mod state;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tracing::{debug, info, warn};
+
+use crate::config::Secret;
+use crate::model::Clock;
+use crate::store::{Raw, Store, StoreError};
+pub use signature::{AppSecrets, SignatureError};
+use state::{State, StatusRecord};
+
+/// Largest body accepted (Meta sends up to 3 MB).
+pub const MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// Longest `hub.challenge` echoed back.
+pub const MAX_CHALLENGE_LEN: usize = 1024;
+
+/// What a POST came to.
+#[derive(Debug)]
+pub enum Received {
+    /// Signed and stored; answer 200.
+    Accepted(Accepted),
+    /// Not signed by a configured secret; nothing stored. Answer 401.
+    BadSignature(SignatureError),
+    /// Signed, but could not be stored; answer 500 so that Meta sends it again.
+    Failed(StoreError),
+}
+
+/// A stored payload.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// It parsed as a webhook envelope.
+    pub understood: bool,
+    /// Flow statuses it put in force.
+    pub statuses: Vec<(String, StatusRecord)>,
+}
+
+/// What a subscription check came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// Answer 200 with this body.
+    Verified(String),
+    /// Answer 403.
+    Refused,
+}
+
+/// The `result` label of `webhook_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestResult {
+    Accepted,
+    BadSignature,
+    TooLarge,
+    Unparsed,
+    Verified,
+    VerifyRefused,
+    StoreFailed,
+}
+
+impl RequestResult {
+    pub const ALL: [RequestResult; 7] = [
+        RequestResult::Accepted,
+        RequestResult::BadSignature,
+        RequestResult::TooLarge,
+        RequestResult::Unparsed,
+        RequestResult::Verified,
+        RequestResult::VerifyRefused,
+        RequestResult::StoreFailed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestResult::Accepted => "accepted",
+            RequestResult::BadSignature => "bad_signature",
+            RequestResult::TooLarge => "too_large",
+            RequestResult::Unparsed => "unparsed",
+            RequestResult::Verified => "verified",
+            RequestResult::VerifyRefused => "verify_refused",
+            RequestResult::StoreFailed => "store_failed",
+        }
+    }
+}
+
+/// The receiver's own metrics, in a registry of its own, rendered with the
+/// webhook state.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    events: IntCounterVec,
+    duplicates: IntCounter,
+    out_of_order: IntCounter,
+    duration: Histogram,
+    connections: IntGauge,
+    shed: IntCounterVec,
+    pruned: IntCounter,
+}
+
+const NS: &str = "whatsapp_flows_exporter";
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "webhook_requests_total",
+                "Requests to the webhook route by result: accepted (signed, stored), unparsed (signed and stored, but not a webhook envelope), bad_signature, too_large, verified and verify_refused (subscription checks), store_failed (answered 500; Meta sends it again).",
+            )
+            .namespace(NS),
+            &["result"],
+        )
+        .expect("valid metric");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "webhook_events_total",
+                "Webhook changes received (duplicates excepted) by field and event; fields other than flows are acknowledged and counted (event=\"not_processed\"), flows events not known are kept and counted as event=\"unknown\", ones missing what they need as event=\"malformed\".",
+            )
+            .namespace(NS),
+            &["field", "event"],
+        )
+        .expect("valid metric");
+        let duplicates = IntCounter::with_opts(
+            Opts::new(
+                "webhook_duplicates_total",
+                "Webhook changes received again (same WABA, time and content) and not applied again.",
+            )
+            .namespace(NS),
+        )
+        .expect("valid metric");
+        let out_of_order = IntCounter::with_opts(
+            Opts::new(
+                "webhook_out_of_order_total",
+                "Webhook events older (by entry.time) than the event in force for their flow and alert or status; kept, not put in force.",
+            )
+            .namespace(NS),
+        )
+        .expect("valid metric");
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_request_duration_seconds",
+                "Time from a webhook request's body read to its answer (signature check, parse, durable write).",
+            )
+            .namespace(NS)
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        let connections = IntGauge::with_opts(
+            Opts::new(
+                "webhook_http_connections",
+                "Connections open on the webhook listener.",
+            )
+            .namespace(NS),
+        )
+        .expect("valid metric");
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "webhook_http_connections_shed_total",
+                "Connections of the webhook listener closed or refused at its connection limit, by reason (idle, stalled, busy).",
+            )
+            .namespace(NS),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let pruned = IntCounter::with_opts(
+            Opts::new(
+                "webhook_payloads_pruned_total",
+                "Raw webhook payloads removed from storage past the retention.",
+            )
+            .namespace(NS),
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(events.clone()),
+            Box::new(duplicates.clone()),
+            Box::new(out_of_order.clone()),
+            Box::new(duration.clone()),
+            Box::new(connections.clone()),
+            Box::new(shed.clone()),
+            Box::new(pruned.clone()),
+        ] {
+            registry.register(c).expect("registered once");
+        }
+        for r in RequestResult::ALL {
+            requests.with_label_values(&[r.label()]);
+        }
+        for reason in ["idle", "stalled", "busy"] {
+            shed.with_label_values(&[reason]);
+        }
+        Metrics {
+            registry,
+            requests,
+            events,
+            duplicates,
+            out_of_order,
+            duration,
+            connections,
+            shed,
+            pruned,
+        }
+    }
+
+    /// Counts one request to the webhook route.
+    pub fn request(&self, result: RequestResult) {
+        self.requests.with_label_values(&[result.label()]).inc();
+    }
+
+    /// Reads a request counter (tests, benchmarks).
+    pub fn requests(&self, result: RequestResult) -> u64 {
+        self.requests.with_label_values(&[result.label()]).get()
+    }
+}
+
+impl Metrics {
+    /// See [`crate::server::HttpCounters`].
+    pub fn set_connections(&self, open: usize) {
+        self.connections.set(open as i64);
+    }
+
+    pub fn shed(&self, why: crate::server::Shed) {
+        self.shed.with_label_values(&[why.label()]).inc();
+    }
+
+    // The webhook route has no basic auth; only a path no route has applies
+    // the web config's.
+    pub fn auth(&self, _result: crate::web::AuthResult) {}
+}
+
+/// The rendered webhook state, and the state version it is of.
+#[derive(Debug, Default)]
+struct Rendered {
+    version: u64,
+    text: Arc<String>,
+}
+
+/// What the receiver needs from the configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub secrets: AppSecrets,
+    /// `None`: subscription checks are refused (the receiver can still sit
+    /// behind another receiver that forwards payloads).
+    pub verify_token: Option<Secret>,
+    /// How long raw payloads and duplicate keys are kept.
+    pub retention: Duration,
+}
+
+/// The webhook receiver.
+#[derive(Debug)]
+pub struct Receiver {
+    settings: Settings,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    state: Mutex<State>,
+    /// Bumped by every change of `state`.
+    version: AtomicU64,
+    rendered: Mutex<Rendered>,
+    metrics: Metrics,
+    /// When a bad signature was last logged (at most one line a minute).
+    bad_logged: Mutex<Option<Instant>>,
+}
+
+impl Receiver {
+    /// A receiver over `store`, with the state it holds.
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Clock,
+    ) -> Result<Arc<Receiver>, StoreError> {
+        let state = store.load()?;
+        info!(
+            store = %store.describe(),
+            alerts = state.alerts.len(),
+            statuses = state.statuses.len(),
+            remembered_changes = state.seen.len(),
+            app_secrets = settings.secrets.len(),
+            "webhook state loaded"
+        );
+        Ok(Arc::new(Receiver {
+            settings,
+            store,
+            clock,
+            state: Mutex::new(state),
+            version: AtomicU64::new(1),
+            rendered: Mutex::new(Rendered::default()),
+            metrics: Metrics::new(),
+            bad_logged: Mutex::new(None),
+        }))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The flow statuses in force, for the exporter at start-up.
+    pub fn statuses(&self) -> Vec<(String, StatusRecord)> {
+        self.state()
+            .statuses
+            .iter()
+            .map(|(f, s)| (f.clone(), s.clone()))
+            .collect()
+    }
+
+    /// A copy of the state (tests).
+    pub fn snapshot(&self) -> State {
+        self.state().clone()
+    }
+
+    /// The subscription check: `hub.mode=subscribe`, the verify token, and a
+    /// challenge to echo.
+    pub fn handshake(&self, query: &str) -> Handshake {
+        let (mut mode, mut token, mut challenge) = (None, None, None);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "hub.mode" => mode = Some(v.into_owned()),
+                "hub.verify_token" => token = Some(v.into_owned()),
+                "hub.challenge" => challenge = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let ok = match (&self.settings.verify_token, mode, token, challenge) {
+            (Some(expected), Some(mode), Some(token), Some(challenge))
+                if mode == "subscribe"
+                    && signature::same_secret(token.as_bytes(), expected.expose().as_bytes())
+                    && !challenge.is_empty()
+                    && challenge.len() <= MAX_CHALLENGE_LEN
+                    && challenge.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(challenge)
+            }
+            _ => None,
+        };
+        match ok {
+            Some(challenge) => {
+                self.metrics.request(RequestResult::Verified);
+                info!("webhook subscription verified");
+                Handshake::Verified(challenge)
+            }
+            None => {
+                self.metrics.request(RequestResult::VerifyRefused);
+                if self.settings.verify_token.is_none() {
+                    warn!(
+                        "webhook subscription check refused: no verify token is configured (webhooks.verify_token_env or verify_token_file)"
+                    );
+                } else {
+                    warn!("webhook subscription check refused: wrong mode, token or challenge");
+                }
+                Handshake::Refused
+            }
+        }
+    }
+
+    /// A POST: checks the signature, then stores and applies the payload.
+    /// Blocking work (hashing a large body, the durable write) runs on the
+    /// blocking pool.
+    pub async fn receive(
+        self: &Arc<Self>,
+        signature: Option<Vec<u8>>,
+        body: bytes::Bytes,
+    ) -> Received {
+        let started = Instant::now();
+        let me = self.clone();
+        let received =
+            tokio::task::spawn_blocking(move || me.receive_blocking(signature.as_deref(), &body))
+                .await
+                .unwrap_or_else(|e| {
+                    // A panic in there is a bug; the payload was not stored.
+                    Received::Failed(StoreError(format!("the webhook task failed: {e}")))
+                });
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        received
+    }
+
+    fn receive_blocking(&self, signature: Option<&[u8]>, body: &[u8]) -> Received {
+        if let Err(e) = self.settings.secrets.verify(signature, body) {
+            self.metrics.request(RequestResult::BadSignature);
+            self.log_bad_signature(e);
+            return Received::BadSignature(e);
+        }
+        let received_at = self.clock.now().timestamp();
+        let parsed = payload::parse(body);
+        let mut state = self.state();
+        let plan = match &parsed {
+            Ok(p) => state.plan(p, received_at),
+            Err(_) => state::Plan {
+                received_at,
+                ..state::Plan::default()
+            },
+        };
+        let raw = Raw {
+            received_at,
+            body,
+            understood: parsed.is_ok(),
+        };
+        if let Err(e) = self.store.commit(raw, &plan) {
+            drop(state);
+            self.metrics.request(RequestResult::StoreFailed);
+            warn!(error = %e, bytes = body.len(), "cannot store a signed webhook; answering 500 so that Meta sends it again");
+            return Received::Failed(e);
+        }
+        state.apply(&plan);
+        if !plan.is_empty() {
+            self.version.fetch_add(1, Ordering::Release);
+        }
+        drop(state);
+        let understood = match parsed {
+            Ok(_) => {
+                self.metrics.request(RequestResult::Accepted);
+                true
+            }
+            Err(e) => {
+                self.metrics.request(RequestResult::Unparsed);
+                warn!(error = %e, bytes = body.len(), "signed webhook is not a webhook envelope; stored as received");
+                false
+            }
+        };
+        let tally = &plan.tally;
+        for (field, event) in &tally.events {
+            self.metrics.events.with_label_values(&[field, event]).inc();
+        }
+        self.metrics.duplicates.inc_by(tally.duplicates);
+        self.metrics.out_of_order.inc_by(tally.out_of_order);
+        for why in &tally.malformed {
+            warn!(why = %why, "flows webhook event without what it needs; stored, not applied");
+        }
+        for name in &tally.unknown {
+            info!(event = %name, "flows webhook event of a kind this exporter does not know; stored and counted");
+        }
+        debug!(
+            bytes = body.len(),
+            changes = plan.seen.len(),
+            duplicates = tally.duplicates,
+            out_of_order = tally.out_of_order,
+            "webhook stored"
+        );
+        Received::Accepted(Accepted {
+            understood,
+            statuses: plan.statuses,
+        })
+    }
+
+    fn log_bad_signature(&self, e: SignatureError) {
+        let mut last = self.bad_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            warn!(why = %e, "webhook refused: bad signature (logged at most once a minute; see webhook_requests_total{{result=\"bad_signature\"}})");
+        } else {
+            debug!(why = %e, "webhook refused: bad signature");
+        }
+    }
+
+    /// Removes raw payloads and duplicate keys past the retention.
+    pub fn prune(&self) -> Result<crate::store::Pruned, StoreError> {
+        let cutoff = self.clock.now().timestamp() - self.settings.retention.as_secs() as i64;
+        let pruned = self.store.prune(cutoff)?;
+        self.state().forget_seen_before(cutoff);
+        self.metrics.pruned.inc_by(pruned.raw_events);
+        if pruned.raw_events > 0 || pruned.seen_keys > 0 {
+            info!(
+                payloads = pruned.raw_events,
+                duplicate_keys = pruned.seen_keys,
+                "pruned webhook storage past the retention"
+            );
+        }
+        Ok(pruned)
+    }
+
+    /// Appends the webhook series and the receiver's metrics to `out`,
+    /// rendering the state again only if it changed since the last scrape.
+    pub fn render_into(&self, out: &mut Vec<u8>) {
+        let version = self.version.load(Ordering::Acquire);
+        let text = {
+            let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+            if rendered.version != version {
+                let state = self.state();
+                // Read again under the state lock: a change applied meanwhile
+                // is in this render, and may render once more next time.
+                let version = self.version.load(Ordering::Acquire);
+                rendered.text = Arc::new(render::render(&state));
+                rendered.version = version;
+            }
+            rendered.text.clone()
+        };
+        out.extend_from_slice(text.as_bytes());
+        if let Err(e) = TextEncoder::new().encode(&self.metrics.registry.gather(), out) {
+            tracing::error!(error = %e, "cannot encode webhook metrics");
+        }
+    }
+}
