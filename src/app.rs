@@ -23,6 +23,7 @@ use crate::model::Clock;
 use crate::sandbox::{Sandbox, SandboxFlow, Traffic};
 use crate::server;
 use crate::web::WebConfig;
+use crate::webhook::Receiver;
 
 /// How long in-flight polls get to end after a shutdown signal. They are
 /// cancelled at once (what they would fetch dies with the process); this
@@ -87,7 +88,84 @@ pub async fn run_on(
     web: Arc<WebConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with(exporter, listeners, metrics_path, web, None, shutdown).await
+}
+
+/// The webhook receiver and the listener of its own it serves on.
+#[derive(Debug)]
+pub struct WebhookListener {
+    pub listener: TcpListener,
+    pub receiver: Arc<Receiver>,
+    /// TLS for this listener (`webhooks.web_config_file`); no basic auth
+    /// applies to the webhook route.
+    pub web: Arc<WebConfig>,
+    pub path: String,
+}
+
+/// How often raw webhook payloads past the retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Counts the webhook listener's connections in the receiver's metrics.
+struct WebhookHttp(Arc<Receiver>);
+
+impl server::HttpCounters for WebhookHttp {
+    fn set_connections(&self, open: usize) {
+        self.0.metrics().set_connections(open);
+    }
+    fn shed(&self, why: server::Shed) {
+        self.0.metrics().shed(why);
+    }
+    fn auth(&self, result: crate::web::AuthResult) {
+        self.0.metrics().auth(result);
+    }
+}
+
+/// [`run_on`], and the webhook receiver on its own listener when there is
+/// one: its series join `/metrics`, and its storage is pruned every hour.
+pub async fn run_with(
+    exporter: Arc<Exporter>,
+    listeners: Vec<TcpListener>,
+    metrics_path: &str,
+    web: Arc<WebConfig>,
+    webhooks: Option<WebhookListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
+    let webhook_server = match webhooks {
+        None => None,
+        Some(w) => {
+            exporter.attach_webhooks(w.receiver.clone())?;
+            let receiver = w.receiver.clone();
+            let token = shutdown.clone();
+            tracker.spawn(async move {
+                loop {
+                    let r = receiver.clone();
+                    match tokio::task::spawn_blocking(move || r.prune()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(error = %e, "cannot prune webhook storage"),
+                        Err(e) => warn!(error = %e, "webhook storage prune failed"),
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(PRUNE_EVERY) => {}
+                        () = token.cancelled() => return,
+                    }
+                }
+            });
+            let routes = Arc::new(server::routes::webhooks(
+                w.receiver.clone(),
+                exporter.clone(),
+                &w.path,
+            ));
+            let stats: Arc<server::HttpStats> = Arc::new(WebhookHttp(w.receiver.clone()));
+            Some(server::serve_routes(
+                w.listener,
+                routes,
+                w.web,
+                stats,
+                shutdown.clone().cancelled_owned(),
+            ))
+        }
+    };
     let mut scheduler = JobScheduler::new()
         .await
         .context("cannot create the scheduler")?;
@@ -118,15 +196,23 @@ pub async fn run_on(
             metrics_path,
         ));
         let stats: Arc<server::HttpStats> = exporter.telemetry_handle();
-        let servers = futures_util::future::try_join_all(listeners.into_iter().map(|listener| {
-            server::serve_routes(
-                listener,
-                routes.clone(),
-                web.clone(),
-                stats.clone(),
-                shutdown.clone().cancelled_owned(),
-            )
-        }));
+        let mut servers: Vec<futures_util::future::BoxFuture<'static, std::io::Result<()>>> =
+            listeners
+                .into_iter()
+                .map(|listener| {
+                    Box::pin(server::serve_routes(
+                        listener,
+                        routes.clone(),
+                        web.clone(),
+                        stats.clone(),
+                        shutdown.clone().cancelled_owned(),
+                    )) as futures_util::future::BoxFuture<'static, _>
+                })
+                .collect();
+        if let Some(webhook_server) = webhook_server {
+            servers.push(Box::pin(webhook_server));
+        }
+        let servers = futures_util::future::try_join_all(servers);
         tokio::pin!(servers);
         tokio::select! {
             served = &mut servers => served.map(|_| ()),
@@ -359,20 +445,82 @@ pub async fn serve(config: Config, web: WebConfig, listen: Listen) -> anyhow::Re
         warn!(config = ?config.path, "{note}");
     }
     info!(address = %addresses.join(","), metrics_path = %listen.metrics_path, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, web_config = ?web.path(), tls = web.current().is_tls(), basic_auth_users = web.current().users(), version = crate::version::VERSION, revision = crate::version::REVISION, "serving /metrics");
+    let webhooks = match &config.webhooks {
+        Some(w) => Some(open_webhooks(w, &config.storage).await?),
+        None => None,
+    };
     let exporter = Exporter::new(config, token, Clock::system())?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let result = run_on(
+    let result = run_with(
         exporter,
         listeners,
         &listen.metrics_path,
         Arc::new(web),
+        webhooks,
         shutdown,
     )
     .await;
     signals.abort();
     result
 }
+
+/// The webhook receiver `[webhooks]` and `[storage]` describe: its secrets
+/// read, its storage opened (schema brought up to date), its listener bound.
+/// Errors name the key.
+pub async fn open_webhooks(
+    config: &crate::config::WebhooksConfig,
+    storage: &crate::config::StorageConfig,
+) -> anyhow::Result<WebhookListener> {
+    let secret = config.app_secret.load()?;
+    let secrets = crate::webhook::AppSecrets::parse(secret.expose())
+        .context("key `webhooks.app_secret_env`: no app secret in it")?;
+    let verify_token = match &config.verify_token {
+        Some(source) => Some(source.load()?),
+        None => {
+            warn!(
+                "no webhook verify token (set META_WEBHOOK_VERIFY_TOKEN, webhooks.verify_token_env or verify_token_file): subscription checks will be refused; signed payloads are still received"
+            );
+            None
+        }
+    };
+    let web = match &config.web_config_file {
+        Some(path) => WebConfig::load(path).map_err(|e| {
+            anyhow::anyhow!("key `webhooks.web_config_file`: {}: {e}", path.display())
+        })?,
+        None => WebConfig::default(),
+    };
+    let path = storage.path.clone();
+    let store = tokio::task::spawn_blocking(move || crate::store::sqlite::Sqlite::open(&path))
+        .await
+        .context("cannot open the storage")?
+        .map_err(|e| anyhow::anyhow!("key `storage.path`: {e}"))?;
+    let receiver = Receiver::new(
+        crate::webhook::Settings {
+            secrets,
+            verify_token,
+            retention: storage.retention,
+        },
+        Arc::new(store),
+        Clock::system(),
+    )
+    .map_err(|e| anyhow::anyhow!("key `storage.path`: {e}"))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("key `webhooks.listen`: cannot listen on {}", config.listen))?;
+    info!(address = %listener.local_addr()?, path = %config.path, tls = web.current().is_tls(), storage = %storage.path.display(), retention_days = storage.retention.as_secs() / 86400, "receiving webhooks");
+    Ok(WebhookListener {
+        listener,
+        receiver,
+        web: Arc::new(web),
+        path: config.path.clone(),
+    })
+}
+
+/// The app secret the demo's sandbox signs webhooks with; it guards nothing real.
+pub const DEMO_APP_SECRET: &str = "sandbox-demo-app-secret";
+/// The demo receiver's verify token.
+pub const DEMO_VERIFY_TOKEN: &str = "sandbox-demo-verify-token";
 
 /// A flow of a WABA the demo does not list: reachable only as a `[[flows]]` entry.
 pub const DEMO_STATIC_FLOW: &str = "761204397754120";
@@ -391,6 +539,9 @@ pub fn demo_sandbox(clock: Clock) -> Sandbox {
     });
     sandbox
 }
+
+/// How often the demo's sandbox plays a round of webhooks.
+pub const DEMO_WEBHOOK_ROUND: Duration = Duration::from_secs(60);
 
 /// The token the demo's sandbox accepts; it guards nothing real.
 pub const DEMO_TOKEN: &str = "sandbox-demo-token";
@@ -421,8 +572,44 @@ pub async fn demo(listen: Listen, web: WebConfig) -> anyhow::Result<()> {
     let config = demo_config(first, format!("http://{sandbox_addr}"));
     let exporter = Exporter::new(config, Secret::new(DEMO_TOKEN), Clock::system())?;
 
+    // The webhook receiver, with a temporary database, on a loopback port.
+    let webhook_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot start the webhook receiver")?;
+    let webhook_addr = webhook_listener.local_addr()?;
+    let store = tokio::task::spawn_blocking(crate::store::sqlite::Sqlite::temporary)
+        .await
+        .context("cannot make the demo's storage")??;
+    let receiver = Receiver::new(
+        crate::webhook::Settings {
+            secrets: crate::webhook::AppSecrets::parse(DEMO_APP_SECRET)
+                .context("the demo app secret")?,
+            verify_token: Some(Secret::new(DEMO_VERIFY_TOKEN)),
+            retention: crate::config::DEFAULT_RETENTION,
+        },
+        Arc::new(store),
+        Clock::system(),
+    )?;
+    let webhook_url = format!(
+        "http://{webhook_addr}{}",
+        crate::config::DEFAULT_WEBHOOK_PATH
+    );
+    let webhooks = WebhookListener {
+        listener: webhook_listener,
+        receiver,
+        web: Arc::new(WebConfig::default()),
+        path: crate::config::DEFAULT_WEBHOOK_PATH.to_owned(),
+    };
+
     let shutdown = CancellationToken::new();
     let sandbox = demo_sandbox(Clock::system());
+    let meta = crate::sandbox::meta::MetaWebhooks::new(webhook_url.clone(), DEMO_APP_SECRET);
+    let meta_task = tokio::spawn(meta.play(
+        sandbox.clone(),
+        Clock::system(),
+        DEMO_WEBHOOK_ROUND,
+        shutdown.clone(),
+    ));
     let sandbox_task =
         tokio::spawn(sandbox.serve(sandbox_listener, shutdown.clone().cancelled_owned()));
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -435,12 +622,14 @@ pub async fn demo(listen: Listen, web: WebConfig) -> anyhow::Result<()> {
         "http"
     };
     let path = &listen.metrics_path;
+    let round = DEMO_WEBHOOK_ROUND.as_secs();
     let banner = format!(
         "flows-exporter demo: a sandbox Graph API with realistic data, and the exporter polling it.\n\
          \n  metrics:        {scheme}://{first}{path}\n  landing page:   {scheme}://{first}/\n  \
          readiness:      {scheme}://{first}/-/ready\n  sandbox Graph:  \
          http://{sandbox_addr}/v23.0/102290129340398/flows?fields=id,name,status \
-         (Authorization: Bearer {DEMO_TOKEN})\n\n\
+         (Authorization: Bearer {DEMO_TOKEN})\n  webhooks:       {webhook_url} \
+         (the sandbox posts signed flows events here every {round} s; app secret {DEMO_APP_SECRET})\n\n\
          Backfill the same data into a file: flows-exporter backfill --demo --since -7d --until yesterday --output flows.om\n\
          \nPress Ctrl-C to stop.\n"
     );
@@ -450,9 +639,18 @@ pub async fn demo(listen: Listen, web: WebConfig) -> anyhow::Result<()> {
         let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
 
-    let result = run_on(exporter, listeners, path, Arc::new(web), shutdown.clone()).await;
+    let result = run_with(
+        exporter,
+        listeners,
+        path,
+        Arc::new(web),
+        Some(webhooks),
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     signals.abort();
+    let _ = meta_task.await;
     match sandbox_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "sandbox ended with an error"),

@@ -95,6 +95,9 @@ pub struct Exporter {
     running: BTreeMap<Job, tokio::sync::Mutex<()>>,
     /// Reloads one at a time (a SIGHUP and a POST at once).
     reloading: Mutex<()>,
+    /// The webhook receiver, when there is one: its series are scraped with
+    /// the exporter's, and the flow statuses it learns show in `flow_info`.
+    webhooks: std::sync::OnceLock<Arc<crate::webhook::Receiver>>,
 }
 
 impl Exporter {
@@ -118,6 +121,7 @@ impl Exporter {
             progress: Mutex::new(Progress::default()),
             running,
             reloading: Mutex::new(()),
+            webhooks: std::sync::OnceLock::new(),
         };
         Ok(Arc::new(exporter))
     }
@@ -399,6 +403,9 @@ impl Exporter {
     pub async fn discover(&self) {
         let (config, client) = (self.config(), self.client());
         let started = Instant::now();
+        // What the listings say is as of when they were asked for: a webhook
+        // status newer than this wins over them.
+        let listed_at = self.clock.now();
         let mut results = Vec::with_capacity(config.wabas.len());
         let mut failed = 0;
         for waba in &config.wabas {
@@ -423,7 +430,7 @@ impl Exporter {
         let now = self.clock.now();
         {
             let mut state = self.state();
-            state.apply_discovery(&config.flows, results, now);
+            state.apply_discovery(&config.flows, results, listed_at);
             let polled = state.flows.values().filter(|f| f.is_polled()).count();
             info!(flows = state.flows.len(), polled, "discovery finished");
         }
@@ -698,6 +705,9 @@ impl Exporter {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut live = Vec::with_capacity(16 * 1024);
+        if let Some(receiver) = self.webhooks.get() {
+            receiver.render_into(&mut live);
+        }
         self.client().publish_rate_limit_state();
         self.telemetry.render(&mut live);
         if gzip {
@@ -710,6 +720,47 @@ impl Exporter {
                 parts: vec![rendered.text.clone(), live.into()],
                 gzip: false,
             }
+        }
+    }
+
+    /// Serves the receiver's series on `/metrics` from now on, and shows the
+    /// flow statuses it holds. A second receiver is refused.
+    pub fn attach_webhooks(&self, receiver: Arc<crate::webhook::Receiver>) -> anyhow::Result<()> {
+        let statuses = receiver.statuses();
+        self.webhooks
+            .set(receiver)
+            .map_err(|_| anyhow::anyhow!("a webhook receiver is attached already"))?;
+        self.apply_pushed_statuses(&statuses);
+        Ok(())
+    }
+
+    /// Flow statuses a webhook put in force: shown at once in `flow_info`
+    /// for known flows (unless their last listing is newer), and kept so that
+    /// a later discovery compares with them.
+    pub fn apply_pushed_statuses(
+        &self,
+        statuses: &[(String, crate::webhook::state::StatusRecord)],
+    ) {
+        if statuses.is_empty() {
+            return;
+        }
+        let mut changed = false;
+        {
+            let mut state = self.state();
+            for (flow, record) in statuses {
+                let at = chrono::DateTime::from_timestamp(record.time, 0).unwrap_or_default();
+                if state.apply_pushed_status(
+                    flow,
+                    crate::model::FlowStatus::parse(&record.status),
+                    at,
+                ) {
+                    info!(flow_id = %flow, status = %record.status, "flow status changed by webhook");
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.render();
         }
     }
 

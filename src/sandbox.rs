@@ -12,6 +12,7 @@
 
 mod data;
 mod graph;
+pub mod meta;
 #[cfg(test)]
 mod tests;
 

@@ -99,6 +99,10 @@ pub struct Snapshot {
     pub polled_at: BTreeMap<Granularity, DateTime<Utc>>,
     /// Failed calls by flow and class since start (or since the flow reappeared).
     pub errors_total: BTreeMap<(String, FailureClass), u64>,
+    /// Flow statuses the webhooks put in force, with the event's time. A
+    /// status newer than the flow's last listing wins over the listed one;
+    /// a listing newer than it wins back (discovery reconciles).
+    pub pushed_statuses: BTreeMap<String, (FlowStatus, DateTime<Utc>)>,
 }
 
 impl Snapshot {
@@ -160,7 +164,49 @@ impl Snapshot {
             }
         }
         self.flows = flows;
+        let pushed: Vec<(String, FlowStatus, DateTime<Utc>)> = self
+            .pushed_statuses
+            .iter()
+            .map(|(id, (status, at))| (id.clone(), status.clone(), *at))
+            .collect();
+        for (id, status, at) in pushed {
+            self.show_pushed_status(&id, status, at);
+        }
         self.prune();
+    }
+
+    /// A flow status a webhook put in force at `at`. It shows at once for a
+    /// known flow unless the flow's last listing is newer. Returns whether a
+    /// flow's shown status changed.
+    pub fn apply_pushed_status(
+        &mut self,
+        flow_id: &str,
+        status: FlowStatus,
+        at: DateTime<Utc>,
+    ) -> bool {
+        match self.pushed_statuses.get(flow_id) {
+            Some((_, known)) if *known > at => return false,
+            _ => {}
+        }
+        self.pushed_statuses
+            .insert(flow_id.to_owned(), (status.clone(), at));
+        let changed = self.show_pushed_status(flow_id, status, at);
+        if changed {
+            self.prune();
+        }
+        changed
+    }
+
+    fn show_pushed_status(&mut self, flow_id: &str, status: FlowStatus, at: DateTime<Utc>) -> bool {
+        let Some(flow) = self.flows.get_mut(flow_id) else {
+            return false;
+        };
+        let listed = self.wabas.get(&flow.waba_id).and_then(|w| w.last_success);
+        if listed.is_some_and(|listed| listed > at) || flow.status == status {
+            return false;
+        }
+        flow.status = status;
+        true
     }
 
     /// Drops state of flows that are no longer known or no longer polled.

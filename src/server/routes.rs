@@ -75,7 +75,13 @@ pub struct Route {
     pub auth: Auth,
     pub body: BodyPolicy,
     pub handler: Handler,
+    /// Told the status of a request refused for its body (too large, too
+    /// slow, broken off) before the handler saw it, to count it.
+    pub body_refused: Option<BodyRefused>,
 }
+
+/// See [`Route::body_refused`].
+pub type BodyRefused = Arc<dyn Fn(StatusCode) + Send + Sync>;
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +152,9 @@ impl Routes {
     ) -> Response<Chunks> {
         if let BodyPolicy::Unread = route.body {
             if let Some(refused) = refuse_unread_body(&req) {
+                if let Some(hook) = &route.body_refused {
+                    hook(refused.status());
+                }
                 return refused;
             }
         }
@@ -180,7 +189,12 @@ impl Routes {
             BodyPolicy::Unread => Bytes::new(),
             BodyPolicy::Read { limit } => match read_body(body, limit).await {
                 Ok(b) => b,
-                Err(refused) => return refused,
+                Err(refused) => {
+                    if let Some(hook) = &route.body_refused {
+                        hook(refused.status());
+                    }
+                    return refused;
+                }
             },
         };
         let mut response = (route.handler)(Request { head, body, peer }).await;
@@ -287,6 +301,7 @@ pub fn exporter(exporter: Arc<Exporter>, web: Arc<WebConfig>, metrics_path: &str
             let ex = ex1.clone();
             async move { metrics(&ex, &req.head) }
         }),
+        body_refused: None,
     });
     if metrics_path != "/" {
         routes = routes.route(Route {
@@ -299,6 +314,7 @@ pub fn exporter(exporter: Arc<Exporter>, web: Arc<WebConfig>, metrics_path: &str
                 let path = page_path.clone();
                 async move { html(landing::page(&ex, &path)) }
             }),
+            body_refused: None,
         });
     }
     routes
@@ -308,6 +324,7 @@ pub fn exporter(exporter: Arc<Exporter>, web: Arc<WebConfig>, metrics_path: &str
             auth: Auth::Web,
             body: BodyPolicy::Unread,
             handler: handler(|_| async { plain(StatusCode::OK, "OK\n") }),
+            body_refused: None,
         })
         .route(Route {
             path: "/-/ready".to_owned(),
@@ -318,6 +335,7 @@ pub fn exporter(exporter: Arc<Exporter>, web: Arc<WebConfig>, metrics_path: &str
                 let ex = ex3.clone();
                 async move { ready(&ex) }
             }),
+            body_refused: None,
         })
         .route(Route {
             path: "/-/reload".to_owned(),
@@ -329,6 +347,7 @@ pub fn exporter(exporter: Arc<Exporter>, web: Arc<WebConfig>, metrics_path: &str
                 let web = web.clone();
                 async move { reload_route(ex, web).await }
             }),
+            body_refused: None,
         })
 }
 
@@ -447,4 +466,73 @@ fn html(body: String) -> Response<Chunks> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     r
+}
+
+/// The webhook listener's routes: `path` answers Meta's subscription check
+/// (GET) and its signed payloads (POST, up to
+/// [`webhook::MAX_BODY_BYTES`](crate::webhook::MAX_BODY_BYTES)). The route
+/// has no basic auth: the signature (POST) and the verify token (GET) are its
+/// authentication. Flow statuses a payload puts in force go to the exporter.
+pub fn webhooks(
+    receiver: Arc<crate::webhook::Receiver>,
+    exporter: Arc<Exporter>,
+    path: &str,
+) -> Routes {
+    use crate::webhook::{Handshake, Received, RequestResult};
+    let counted = receiver.clone();
+    Routes::new().route(Route {
+        path: path.to_owned(),
+        methods: &[Method::GET, Method::POST],
+        auth: Auth::Handler,
+        body: BodyPolicy::Read {
+            limit: crate::webhook::MAX_BODY_BYTES,
+        },
+        handler: handler(move |req| {
+            let receiver = receiver.clone();
+            let exporter = exporter.clone();
+            async move {
+                if req.head.method != Method::POST {
+                    let query = req.head.uri.query().unwrap_or("");
+                    return match receiver.handshake(query) {
+                        Handshake::Verified(challenge) => {
+                            let mut r = plain(StatusCode::OK, "");
+                            *r.body_mut() = Chunks::one(challenge);
+                            r
+                        }
+                        Handshake::Refused => {
+                            plain(StatusCode::FORBIDDEN, "verification refused\n")
+                        }
+                    };
+                }
+                let signature = req
+                    .head
+                    .headers
+                    .get("x-hub-signature-256")
+                    .map(|v| v.as_bytes().to_vec());
+                match receiver.receive(signature, req.body).await {
+                    Received::Accepted(accepted) => {
+                        if !accepted.statuses.is_empty() {
+                            let statuses = accepted.statuses;
+                            // Rendering the flows again is CPU work.
+                            let _ = tokio::task::spawn_blocking(move || {
+                                exporter.apply_pushed_statuses(&statuses)
+                            })
+                            .await;
+                        }
+                        plain(StatusCode::OK, "OK\n")
+                    }
+                    Received::BadSignature(_) => plain(StatusCode::UNAUTHORIZED, "bad signature\n"),
+                    Received::Failed(_) => plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "not stored; send it again\n",
+                    ),
+                }
+            }
+        }),
+        body_refused: Some(Arc::new(move |status| {
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                counted.metrics().request(RequestResult::TooLarge);
+            }
+        })),
+    })
 }

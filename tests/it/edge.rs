@@ -79,6 +79,7 @@ impl Edge {
                     let big = big.clone();
                     Box::pin(async move { Response::new(server::Chunks::one(big)) })
                 }),
+                body_refused: None,
             })
             .route(Route {
                 path: "/-/healthy".to_owned(),
@@ -88,6 +89,7 @@ impl Edge {
                 handler: Arc::new(|_| {
                     Box::pin(async { Response::new(server::Chunks::one("OK\n")) })
                 }),
+                body_refused: None,
             });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -343,6 +345,7 @@ async fn a_route_reads_a_bounded_body_within_its_time() {
                 Response::new(server::Chunks::one(format!("{} bytes", req.body.len())))
             })
         }),
+        body_refused: None,
     });
     let stop = CancellationToken::new();
     let counters: Arc<HttpStats> = Arc::new(flows_exporter::telemetry::Telemetry::new());

@@ -21,3 +21,4 @@ mod rules;
 mod server;
 mod support;
 mod web;
+mod webhooks;
