@@ -190,3 +190,103 @@ pub fn config(data: &[u8]) {
         Err(e) => assert!(!e.to_string().is_empty()),
     }
 }
+
+/// A webhook body: when it parses, every label value taken from it is
+/// bounded, error types are bounded, numbers are finite; planning and
+/// applying it twice applies it once (the second time every flows change is
+/// a duplicate and nothing changes), and the rendered text has only finite
+/// values.
+pub fn webhook_payload(data: &[u8]) {
+    use flows_exporter::webhook::payload::{self, Detail, Event, MAX_ERROR_TYPES, MAX_LABEL_LEN};
+    use flows_exporter::webhook::state::State;
+    let Ok(p) = payload::parse(data) else {
+        return;
+    };
+    let finite = |v: &Option<f64>| assert!(v.is_none_or(f64::is_finite), "{v:?}");
+    for entry in &p.entries {
+        for change in &entry.changes {
+            assert!(change.field.len() <= MAX_LABEL_LEN);
+            assert_eq!(change.key.len(), 64);
+            match &change.event {
+                Event::Alert(a) => {
+                    assert!(!a.flow_id.is_empty() && a.flow_id.len() <= MAX_LABEL_LEN);
+                    finite(&a.threshold);
+                    match &a.detail {
+                        Detail::ErrorRate { ratio, errors } => {
+                            finite(ratio);
+                            assert!(errors.len() <= MAX_ERROR_TYPES + 1);
+                            for e in errors {
+                                assert!(e.error_type.len() <= MAX_LABEL_LEN);
+                                finite(&e.ratio);
+                                finite(&e.count);
+                            }
+                        }
+                        Detail::Latency {
+                            p50_seconds,
+                            p90_seconds,
+                            requests,
+                        } => {
+                            finite(p50_seconds);
+                            finite(p90_seconds);
+                            finite(requests);
+                        }
+                        Detail::Availability { ratio } => finite(ratio),
+                    }
+                }
+                Event::StatusChange { flow_id, old, new } => {
+                    assert!(flow_id.len() <= MAX_LABEL_LEN && new.len() <= MAX_LABEL_LEN);
+                    assert!(old.as_ref().is_none_or(|o| o.len() <= MAX_LABEL_LEN));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut state = State::default();
+    let first = state.plan(&p, 1_000);
+    state.apply(&first);
+    let after = state.clone();
+    let second = state.plan(&p, 1_001);
+    assert!(second.seen.is_empty() && second.alerts.is_empty() && second.statuses.is_empty());
+    assert_eq!(
+        second.tally.duplicates as usize,
+        first.seen.len() + first.tally.duplicates as usize
+    );
+    state.apply(&second);
+    assert_eq!(state.alerts, after.alerts);
+    assert_eq!(state.status_changes, after.status_changes);
+    let text = flows_exporter::webhook::render::render(&state);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let v: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a sample value");
+        assert!(v.is_finite(), "{line}");
+    }
+}
+
+/// The signature check: the first byte says how long the header is, the
+/// rest is the body. Only the header the secret makes for that body passes
+/// (in either hex case); the header made for the body always passes, and
+/// never for a body with one byte changed.
+pub fn webhook_signature(data: &[u8]) {
+    use flows_exporter::webhook::AppSecrets;
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n).min(rest.len());
+    let (header, body) = rest.split_at(n);
+    let secrets = AppSecrets::parse("fuzz-app-secret,other-app").expect("two secrets");
+    let made = AppSecrets::sign("fuzz-app-secret", body);
+    let passes = secrets.verify(Some(header), body).is_ok();
+    let h = header.trim_ascii();
+    let expected = h.eq_ignore_ascii_case(made.as_bytes())
+        || h.eq_ignore_ascii_case(AppSecrets::sign("other-app", body).as_bytes());
+    assert_eq!(passes, expected, "header {header:?}");
+    assert!(secrets.verify(Some(made.as_bytes()), body).is_ok());
+    if let Some(first) = body.first() {
+        let mut changed = body.to_vec();
+        changed[0] = first.wrapping_add(1);
+        assert!(secrets.verify(Some(made.as_bytes()), &changed).is_err());
+    }
+}

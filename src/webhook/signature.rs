@@ -99,10 +99,11 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// `sha256=` and 64 hex digits (either case; Meta sends lower case) → 32 bytes.
 fn parse_header(header: &[u8]) -> Option<[u8; 32]> {
-    let header = trim_ascii(header);
-    let hex = header
-        .strip_prefix(b"sha256=")
-        .or_else(|| header.strip_prefix(b"SHA256="))?;
+    let header = header.trim_ascii();
+    let (prefix, hex) = header.split_at_checked(7)?;
+    if !prefix.eq_ignore_ascii_case(b"sha256=") {
+        return None;
+    }
     if hex.len() != 64 {
         return None;
     }
@@ -111,18 +112,6 @@ fn parse_header(header: &[u8]) -> Option<[u8; 32]> {
         out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
     }
     Some(out)
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
 }
 
 fn nibble(c: u8) -> Option<u8> {

@@ -47,3 +47,13 @@ fn usage_headers_corpus() {
 fn config_corpus() {
     check_corpus("config", checks::config);
 }
+
+#[test]
+fn webhook_payload_corpus() {
+    check_corpus("webhook_payload", checks::webhook_payload);
+}
+
+#[test]
+fn webhook_signature_corpus() {
+    check_corpus("webhook_signature", checks::webhook_signature);
+}
