@@ -38,13 +38,15 @@ pub struct MetaWebhooks {
 
 impl MetaWebhooks {
     pub fn new(url: impl Into<String>, secret: impl Into<String>) -> MetaWebhooks {
+        // reqwest is built without a bundled crypto provider; install ring once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         MetaWebhooks {
             url: url.into(),
             secret: secret.into(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
-                .unwrap_or_default(),
+                .expect("a client with the ring provider installed"),
         }
     }
 
