@@ -13,6 +13,11 @@ use flows_exporter::config::{Config, Secret};
 use flows_exporter::exporter::{Exporter, Job};
 use flows_exporter::model::{Clock, Granularity};
 use flows_exporter::sandbox::Sandbox;
+use flows_exporter::sandbox::meta::{MetaWebhooks, envelope};
+use flows_exporter::store::sqlite::Sqlite;
+use flows_exporter::webhook::{AppSecrets, Receiver, Settings};
+use serde_json::json;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::dashboards::{self, BUILTINS, Dashboard, Variable};
@@ -22,6 +27,8 @@ use crate::support::*;
 
 /// Bound on every wait for Prometheus to see something.
 const WAIT: Duration = Duration::from_secs(30);
+
+const HOOK_SECRET: &str = "e2e-app-secret";
 
 /// The alert proven live.
 const LIVE_ALERT: &str = "WhatsAppFlowsTokenInvalid";
@@ -53,7 +60,34 @@ schedule = "0 0 0 1 1 *"
     let exporter_addr = listener.local_addr().expect("addr").to_string();
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
-    let run = tokio::spawn(flows_exporter::app::run(ex.clone(), listener, stop.clone()));
+    // The webhook receiver too, so the webhook panels and alerts have data.
+    let hooks = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hooks_url = format!("http://{}/webhooks", hooks.local_addr().expect("addr"));
+    let receiver = Receiver::new(
+        Settings {
+            secrets: AppSecrets::parse(HOOK_SECRET).expect("secret"),
+            verify_token: None,
+            retention: Duration::from_secs(86400),
+        },
+        Arc::new(Sqlite::temporary().expect("store")),
+        Clock::system(),
+    )
+    .expect("receiver");
+    let run = tokio::spawn(flows_exporter::app::run_with(
+        ex.clone(),
+        vec![listener],
+        "/metrics",
+        Arc::new(flows_exporter::web::WebConfig::default()),
+        Some(flows_exporter::app::WebhookListener {
+            listener: hooks,
+            receiver,
+            web: Arc::new(flows_exporter::web::WebConfig::default()),
+            path: "/webhooks".into(),
+        }),
+        stop.clone(),
+    ));
 
     let prom =
         Prometheus::start(&exporter_addr, &rules::with_for(&rules::rules_text(), "1s")).await;
@@ -85,10 +119,15 @@ schedule = "0 0 0 1 1 *"
     )
     .await;
 
+    post_webhooks(&sb.sandbox, &hooks_url).await;
+    prom.wait_for("whatsapp_flows_webhook_latency_p90_seconds", WAIT)
+        .await;
+
     check_target_and_exposition(&prom, &exporter_addr).await;
     check_rules_evaluate(&prom).await;
     check_every_dashboard_query(&prom).await;
     prove_live_alert(&prom, &sb.sandbox, &ex).await;
+    prove_webhook_alert(&prom, &hooks_url).await;
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), run)
@@ -96,6 +135,90 @@ schedule = "0 0 0 1 1 *"
         .expect("the exporter stops")
         .expect("task")
         .expect("the exporter ran without error");
+}
+
+/// Every flow of the sandbox gets each of Meta's four alerts (raised now, so
+/// none has lasted long enough to fire) with its figures, as Meta would send
+/// them: every webhook panel of every flow has data.
+async fn post_webhooks(sandbox: &Sandbox, url: &str) {
+    let meta = MetaWebhooks::new(url, HOOK_SECRET);
+    let now = chrono::Utc::now().timestamp();
+    for flow in sandbox.flows() {
+        let id = flow.id.as_str();
+        let body = envelope(
+            &flow.waba_id,
+            now,
+            &[
+                json!({"event":"ENDPOINT_ERROR_RATE","flow_id":id,"error_rate":14.28,"threshold":10,"alert_state":"ACTIVATED",
+                   "errors":[{"error_type":"TIMEOUT","error_rate":100,"error_count":3}]}),
+                json!({"event":"CLIENT_ERROR_RATE","flow_id":id,"error_rate":6,"threshold":5,"alert_state":"ACTIVATED",
+                   "errors":[{"error_type":"INVALID_SCREEN_TRANSITION","error_rate":100,"error_count":2}]}),
+                json!({"event":"ENDPOINT_LATENCY","flow_id":id,"p50_latency":700,"p90_latency":8000,"requests_count":40,"threshold":7000,"alert_state":"ACTIVATED"}),
+                json!({"event":"ENDPOINT_AVAILABILITY","flow_id":id,"availability":100,"threshold":90,"alert_state":"DEACTIVATED"}),
+            ],
+        );
+        assert_eq!(meta.post(&body).await.expect("post"), 200);
+    }
+}
+
+/// A latency alert Meta raised an hour ago and never cleared fires
+/// WhatsAppFlowsWebhookAlertActive in Prometheus.
+async fn prove_webhook_alert(prom: &Prometheus, url: &str) {
+    let flow = "1467393620448117";
+    let before = prom
+        .query(r#"ALERTS{alertname="WhatsAppFlowsWebhookAlertActive"}"#)
+        .await
+        .expect("ALERTS");
+    assert!(before.is_empty(), "fires before the old alert: {before:?}");
+    let hour_ago = chrono::Utc::now().timestamp() - 3600;
+    let body = envelope(
+        WABA_2,
+        hour_ago,
+        &[json!({"event":"ENDPOINT_AVAILABILITY","flow_id":flow,
+        "availability":60,"threshold":90,"alert_state":"ACTIVATED"})],
+    );
+    // Older than the DEACTIVATED in force: out of order, not applied.
+    assert_eq!(
+        MetaWebhooks::new(url, HOOK_SECRET)
+            .post(&body)
+            .await
+            .expect("post"),
+        200
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        prom.query(r#"ALERTS{alertname="WhatsAppFlowsWebhookAlertActive"}"#)
+            .await
+            .expect("ALERTS")
+            .is_empty()
+    );
+    // The same alert on a flow with no newer event is in force and fires.
+    let body = envelope(
+        WABA_2,
+        hour_ago,
+        &[json!({"event":"ENDPOINT_AVAILABILITY","flow_id":"5550123",
+        "availability":60,"threshold":90,"alert_state":"ACTIVATED"})],
+    );
+    assert_eq!(
+        MetaWebhooks::new(url, HOOK_SECRET)
+            .post(&body)
+            .await
+            .expect("post"),
+        200
+    );
+    let firing = prom
+        .wait_for(
+            r#"ALERTS{alertname="WhatsAppFlowsWebhookAlertActive", alertstate="firing"}"#,
+            WAIT,
+        )
+        .await;
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    assert_eq!(firing[0].label("flow_id"), "5550123", "{firing:?}");
+    assert_eq!(
+        firing[0].label("alert"),
+        "endpoint_availability",
+        "{firing:?}"
+    );
 }
 
 /// Prometheus scrapes the exporter without errors, and the exposition it
