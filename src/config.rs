@@ -703,7 +703,7 @@ impl RawConfig {
         let limits = self.limits.validate()?;
         let webhooks = self.webhooks.map(RawWebhooks::validate).transpose()?;
         if let Some(w) = &webhooks {
-            if w.listen == listen {
+            if w.listen == listen && listen.port() != 0 {
                 return Err(err(
                     "webhooks.listen",
                     format!(

@@ -380,6 +380,12 @@ impl Exporter {
         }
         // A rebuilt client shares the governor: one call covers both cases.
         self.client().reconfigure(&config);
+        let old = self.config();
+        if old.webhooks != config.webhooks || old.storage != config.storage {
+            warn!(
+                "[webhooks] and [storage] changed: they apply at the next start; the receiver keeps its listener, secrets and database until then"
+            );
+        }
         // Jobs a reload enables start with their series at 0, as at start-up.
         self.telemetry.init(&job_labels(&config));
         // Followers (the app reschedules and runs a discovery) hear of it only
@@ -762,6 +768,11 @@ impl Exporter {
         if changed {
             self.render();
         }
+    }
+
+    /// The webhook receiver's summary, when there is a receiver.
+    pub fn webhook_summary(&self) -> Option<crate::webhook::Summary> {
+        self.webhooks.get().map(|r| r.summary())
     }
 
     /// A copy of the current snapshot, for tests.

@@ -302,6 +302,41 @@ fn run(command: Command, progress: Option<Arc<Progress>>) -> anyhow::Result<Done
                 .token
                 .load()
                 .map_err(|e| anyhow::anyhow!("{path}: {e} (serve needs it)"))?;
+            // The webhook receiver's secrets and TLS, as serve reads them.
+            let webhooks = match &cfg.webhooks {
+                None => "webhooks off".to_owned(),
+                Some(w) => {
+                    let secrets = w
+                        .app_secret
+                        .load()
+                        .map_err(|e| anyhow::anyhow!("{path}: {e} (serve needs it)"))?;
+                    let n = flows_exporter::webhook::AppSecrets::parse(secrets.expose())
+                        .map_or(0, |s| s.len());
+                    let verify = match &w.verify_token {
+                        Some(source) => {
+                            source
+                                .load()
+                                .map_err(|e| anyhow::anyhow!("{path}: {e} (serve needs it)"))?;
+                            "a verify token"
+                        }
+                        None => "no verify token: subscription checks refused",
+                    };
+                    if let Some(p) = &w.web_config_file {
+                        flows_exporter::web::WebConfig::load(p).map_err(|e| {
+                            anyhow::anyhow!(
+                                "{path}: key `webhooks.web_config_file`: {}: {e}",
+                                p.display()
+                            )
+                        })?;
+                    }
+                    format!(
+                        "webhooks on {}{} ({n} app secret(s), {verify}), storage {}",
+                        w.listen,
+                        w.path,
+                        cfg.storage.path.display()
+                    )
+                }
+            };
             if let Some(web_path) = &web.web_config {
                 println!(
                     "{}: OK ({}, {} basic-auth user(s))",
@@ -315,7 +350,7 @@ fn run(command: Command, progress: Option<Arc<Progress>>) -> anyhow::Result<Done
                 );
             }
             println!(
-                "{path}: OK ({} WABA(s), {} static flow(s), granularities: {})",
+                "{path}: OK ({} WABA(s), {} static flow(s), granularities: {}; {webhooks})",
                 cfg.wabas.len(),
                 cfg.flows.len(),
                 cfg.granularities

@@ -60,6 +60,15 @@ pub struct Accepted {
     pub statuses: Vec<(String, StatusRecord)>,
 }
 
+/// See [`Receiver::summary`].
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// (flow id, alert label, Unix seconds of the activation).
+    pub active: Vec<(String, &'static str, i64)>,
+    /// (WABA id, Unix seconds).
+    pub last_received: Vec<(String, i64)>,
+}
+
 /// What a subscription check came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Handshake {
@@ -332,6 +341,25 @@ impl Receiver {
             .iter()
             .map(|(f, s)| (f.clone(), s.clone()))
             .collect()
+    }
+
+    /// What the landing page shows: the alerts active now (flow, alert, since)
+    /// and when each WABA last sent a webhook.
+    pub fn summary(&self) -> Summary {
+        let state = self.state();
+        Summary {
+            active: state
+                .alerts
+                .iter()
+                .filter(|(_, r)| r.active)
+                .map(|((flow, kind), r)| (flow.clone(), kind.label(), r.time))
+                .collect(),
+            last_received: state
+                .last_received
+                .iter()
+                .map(|(w, t)| (w.clone(), *t))
+                .collect(),
+        }
     }
 
     /// A copy of the state (tests).

@@ -53,6 +53,42 @@ pub fn page(exporter: &Exporter, metrics_path: &str) -> String {
         esc(&exporter.config().graph.api_version),
         esc(&exporter.config().graph.base_url),
     );
+    if let Some(summary) = exporter.webhook_summary() {
+        let when = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_default()
+        };
+        let _ = write!(
+            page,
+            "<h2>Webhooks</h2><p>{} alert(s) active.</p>",
+            summary.active.len()
+        );
+        if !summary.active.is_empty() {
+            page.push_str("<table><tr><th>flow id</th><th>alert</th><th>activated</th></tr>");
+            for (flow, alert, since) in &summary.active {
+                let _ = write!(
+                    page,
+                    "<tr><td>{}</td><td>{alert}</td><td>{}</td></tr>",
+                    esc(flow),
+                    when(*since)
+                );
+            }
+            page.push_str("</table>");
+        }
+        if !summary.last_received.is_empty() {
+            page.push_str("<table><tr><th>WABA</th><th>last webhook</th></tr>");
+            for (waba, at) in &summary.last_received {
+                let _ = write!(
+                    page,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    esc(waba),
+                    when(*at)
+                );
+            }
+            page.push_str("</table>");
+        }
+    }
     let wabas = exporter.waba_rows();
     if !wabas.is_empty() {
         page.push_str("<h2>Discovery</h2><table><tr><th>WABA</th><th>last listed</th><th>last listing</th></tr>");

@@ -743,3 +743,172 @@ async fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
         .expect("query");
     assert_eq!(failed[0].value, 0.0, "log:\n{}", prom.log());
 }
+
+/// `serve` with `[webhooks]` on TLS (its own web config file): signed posts
+/// are answered over HTTPS, the subscription check works, the database file
+/// is its owner's only, and neither the app secrets nor the verify token
+/// appear in a log line, an answer or `/metrics`. Without an app secret,
+/// `serve` exits non-zero naming the key.
+#[tokio::test]
+async fn serve_receives_signed_webhooks_over_tls_and_never_shows_the_secrets() {
+    use flows_exporter::webhook::AppSecrets;
+    let sb = realistic().await;
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    let config = dir.join("config.toml");
+    let db = dir.join("state.db");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[graph]\nbase_url = \"{}\"\n[[wabas]]\nid = \"{WABA_1}\"\n\
+             [webhooks]\nlisten = \"127.0.0.1:0\"\npath = \"/meta\"\nweb_config_file = \"{}\"\n\
+             [storage]\npath = \"{}\"\nretention = \"7d\"\n",
+            sb.base_url,
+            dir.join("hooks-web.yml").display(),
+            db.display()
+        ),
+    )
+    .expect("write config");
+    std::fs::write(dir.join("hooks-web.yml"), TLS).expect("web.yml");
+    let (first, second, verify) = (
+        "first-app-s3cret-Qw7",
+        "second-app-s3cret-Lp2",
+        "verify-t0ken-Zz9",
+    );
+
+    // No app secret: refused at start, naming the key.
+    let out = Command::new(env!("CARGO_BIN_EXE_flows-exporter"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("WHATSAPP_ACCESS_TOKEN", TOKEN)
+        .env_remove("META_APP_SECRET")
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("webhooks.app_secret_env"), "{stderr}");
+
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_flows-exporter"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("WHATSAPP_ACCESS_TOKEN", TOKEN)
+            .env("META_APP_SECRET", format!("{first}\n{second}\n"))
+            .env("META_WEBHOOK_VERIFY_TOKEN", verify)
+            .env("FLOWS_EXPORTER_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start serve"),
+    );
+    let logs = collect_stderr(&mut child.0);
+    let log_text = || logs.lock().expect("logs").clone();
+    wait_for("the webhook listener", Duration::from_secs(30), || {
+        log_text().contains("receiving webhooks")
+    })
+    .await;
+    let text = log_text();
+    let line_with = |what: &str| -> String {
+        text.lines()
+            .find(|l| l.contains(what))
+            .and_then(|l| l.split("address=").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .expect("an address")
+            .to_owned()
+    };
+    let metrics = format!("http://{}/metrics", line_with("serving /metrics"));
+    let hooks = format!(
+        "https://localhost:{}/meta",
+        line_with("receiving webhooks")
+            .rsplit(':')
+            .next()
+            .expect("port")
+    );
+    let client = https(dir, "ca.pem", None);
+
+    let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","time":1706616000,"changes":[{"field":"flows","value":{"event":"ENDPOINT_LATENCY","flow_id":"1180349906393871","p50_latency":500,"p90_latency":8000,"requests_count":34,"threshold":7000,"alert_state":"ACTIVATED"}}]}]}"#;
+    for (secret, status) in [(second, 200), (first, 200), (verify, 401), ("", 401)] {
+        let r = client
+            .post(&hooks)
+            .header(
+                "x-hub-signature-256",
+                AppSecrets::sign(secret, body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("post over TLS");
+        assert_eq!(r.status(), status, "signed with {secret:?}");
+        let answer = r.text().await.expect("body");
+        for s in [first, second, verify] {
+            assert!(!answer.contains(s));
+        }
+    }
+    let check = |token: &str| {
+        format!("{hooks}?hub.mode=subscribe&hub.challenge=8842&hub.verify_token={token}")
+    };
+    let ok = client.get(check(verify)).send().await.expect("check");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.expect("body"), "8842");
+    assert_eq!(
+        client
+            .get(check(first))
+            .send()
+            .await
+            .expect("check")
+            .status(),
+        403
+    );
+
+    let text = http()
+        .get(&metrics)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        value(
+            &text,
+            "whatsapp_flows_webhook_latency_p90_seconds{flow_id=\"1180349906393871\"}"
+        ),
+        Some(8.0)
+    );
+    assert_eq!(
+        value(&text, "whatsapp_flows_exporter_webhook_duplicates_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "whatsapp_flows_exporter_webhook_requests_total{result=\"bad_signature\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "whatsapp_flows_exporter_webhook_requests_total{result=\"verified\"}"
+        ),
+        Some(1.0)
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&db)
+            .expect("the database exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the database is its owner's only");
+    }
+    signal(&child.0, "TERM");
+    let status = wait_exit(&mut child.0, Duration::from_secs(15));
+    assert!(status.success(), "serve exited with {status}");
+    let logs = log_text();
+    for s in [first, second, verify] {
+        assert!(!text.contains(s), "a secret in /metrics");
+        assert!(!logs.contains(s), "a secret in the logs:\n{logs}");
+    }
+    assert!(logs.contains("bad signature"), "{logs}");
+}
