@@ -8,6 +8,16 @@ fn check_config(text: &str) -> (bool, String, String) {
 }
 
 fn check_config_with(text: &str, token: Option<&str>) -> (bool, String, String) {
+    check_config_env(text, token, &[])
+}
+
+/// `check-config` with the token (or none) and these variables set (a value
+/// of `None` removes one).
+fn check_config_env(
+    text: &str,
+    token: Option<&str>,
+    vars: &[(&str, Option<&str>)],
+) -> (bool, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).expect("write config");
@@ -17,6 +27,12 @@ fn check_config_with(text: &str, token: Option<&str>) -> (bool, String, String) 
         Some(t) => command.env("WHATSAPP_ACCESS_TOKEN", t),
         None => command.env_remove("WHATSAPP_ACCESS_TOKEN"),
     };
+    for (k, v) in vars {
+        match v {
+            Some(v) => command.env(k, v),
+            None => command.env_remove(k),
+        };
+    }
     let out = command.output().expect("run flows-exporter");
     (
         out.status.success(),
@@ -143,4 +159,36 @@ fn serve_without_a_token_fails_clearly() {
         stderr.contains("WHATSAPP_ACCESS_TOKEN is not set"),
         "{stderr}"
     );
+}
+
+/// The shipped config with its `[webhooks]` example turned on: check-config
+/// needs the app secret as serve does, names the key without it, and says
+/// what it would receive with it (never the secret itself).
+#[test]
+fn the_shipped_webhooks_example_is_checked_like_serve_reads_it() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+        .expect("config.toml at the top level")
+        .replace("# [webhooks]\n", "[webhooks]\n")
+        .replace("# listen = \"127.0.0.1:9879\"", "listen = \"127.0.0.1:9879\"");
+    assert!(
+        text.contains("\n[webhooks]\n") && text.contains("\nlisten = \"127.0.0.1:9879\""),
+        "the example is in config.toml"
+    );
+    let (ok, _, stderr) = check_config_env(&text, Some("EAAx"), &[("META_APP_SECRET", None)]);
+    assert!(!ok);
+    assert!(stderr.contains("webhooks.app_secret_env"), "{stderr}");
+    let (ok, stdout, stderr) = check_config_env(
+        &text,
+        Some("EAAx"),
+        &[
+            ("META_APP_SECRET", Some("one-s3cret,two-s3cret")),
+            ("META_WEBHOOK_VERIFY_TOKEN", None),
+        ],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("webhooks on 127.0.0.1:9879/webhooks (2 app secret(s), no verify token"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
 }
