@@ -169,7 +169,10 @@ fn the_shipped_webhooks_example_is_checked_like_serve_reads_it() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
         .expect("config.toml at the top level")
         .replace("# [webhooks]\n", "[webhooks]\n")
-        .replace("# listen = \"127.0.0.1:9879\"", "listen = \"127.0.0.1:9879\"");
+        .replace(
+            "# listen = \"127.0.0.1:9879\"",
+            "listen = \"127.0.0.1:9879\"",
+        );
     assert!(
         text.contains("\n[webhooks]\n") && text.contains("\nlisten = \"127.0.0.1:9879\""),
         "the example is in config.toml"

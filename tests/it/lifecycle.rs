@@ -139,14 +139,21 @@ async fn demo_serves_realistic_metrics_and_stops_on_sigterm() {
         .expect("demo prints the metrics URL");
     let base = metrics_url.trim_end_matches("/metrics").to_owned();
     wait_ready(&base).await;
-    let text = http()
-        .get(&metrics_url)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    // The sandbox plays Meta at once: its first round of signed webhooks
+    // (alerts raised, a status change, an expiry warning, a duplicate).
+    let text = metrics_until(&base, "the demo's first webhooks", |t| {
+        !samples(t, "whatsapp_flows_alert_active{").is_empty()
+            && value(t, "whatsapp_flows_exporter_webhook_duplicates_total").is_some_and(|n| n > 0.0)
+    })
+    .await;
+    assert_eq!(
+        value(
+            &text,
+            "whatsapp_flows_exporter_webhook_requests_total{result=\"bad_signature\"}"
+        ),
+        Some(0.0)
+    );
+    assert!(!samples(&text, "whatsapp_flows_webhook_latency_p90_seconds{").is_empty());
     assert!(
         samples(&text, "whatsapp_flows_flow_info{").len() >= 8,
         "demo flows: {text}"
