@@ -764,3 +764,114 @@ fn webhook_config_errors_name_the_key() {
     assert_eq!(ok.storage.path, Path::new("flows-exporter.db"));
     assert_eq!(ok.storage.retention, Duration::from_secs(30 * 86400));
 }
+
+/// A store whose disk fails on demand: what a full disk or a lost volume
+/// does to the real one.
+#[derive(Debug)]
+struct FailingDisk {
+    inner: Sqlite,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl flows_exporter::store::Store for FailingDisk {
+    fn commit(
+        &self,
+        raw: flows_exporter::store::Raw<'_>,
+        plan: &flows_exporter::webhook::state::Plan,
+    ) -> Result<(), flows_exporter::store::StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(flows_exporter::store::StoreError("disk I/O error".into()));
+        }
+        self.inner.commit(raw, plan)
+    }
+    fn load(
+        &self,
+    ) -> Result<flows_exporter::webhook::state::State, flows_exporter::store::StoreError> {
+        self.inner.load()
+    }
+    fn prune(
+        &self,
+        cutoff: i64,
+    ) -> Result<flows_exporter::store::Pruned, flows_exporter::store::StoreError> {
+        self.inner.prune(cutoff)
+    }
+    fn raw_count(&self) -> Result<u64, flows_exporter::store::StoreError> {
+        self.inner.raw_count()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// When the store cannot write, the answer is 500 (Meta sends the payload
+/// again) and nothing changes; the same payload sent again once the disk is
+/// back is applied, once.
+#[tokio::test]
+async fn a_store_that_cannot_write_answers_500_and_changes_nothing() {
+    let store = Arc::new(FailingDisk {
+        inner: Sqlite::temporary().expect("store"),
+        broken: std::sync::atomic::AtomicBool::new(true),
+    });
+    let receiver = Receiver::new(
+        Settings {
+            secrets: AppSecrets::parse(SECRET_A).expect("secret"),
+            verify_token: None,
+            retention: Duration::from_secs(86400),
+        },
+        store.clone(),
+        Clock::fixed(now()),
+    )
+    .expect("receiver");
+    let sb = realistic().await;
+    let ex = exporter(&sb.base_url);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/webhooks", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    tokio::spawn(flows_exporter::server::serve_routes(
+        listener,
+        Arc::new(flows_exporter::server::routes::webhooks(
+            receiver.clone(),
+            ex,
+            "/webhooks",
+        )),
+        Arc::new(WebConfig::default()),
+        Arc::new(NoCounters),
+        stop.clone().cancelled_owned(),
+    ));
+    let meta = MetaWebhooks::new(url, SECRET_A);
+    let body = envelope(
+        WABA_1,
+        t0(),
+        &[
+            json!({"event":"FLOW_VERSION_EXPIRY_WARNING","flow_id":FLOW,"warning":"soon"}),
+            json!({"event":"ENDPOINT_AVAILABILITY","flow_id":FLOW,"alert_state":"ACTIVATED","availability":50,"threshold":90}),
+        ],
+    );
+    assert_eq!(meta.post(&body).await.expect("post"), 500);
+    assert_eq!(
+        receiver.snapshot(),
+        flows_exporter::webhook::state::State::default()
+    );
+    assert_eq!(
+        receiver
+            .metrics()
+            .requests(flows_exporter::webhook::RequestResult::StoreFailed),
+        1
+    );
+    store.broken.store(false, Ordering::SeqCst);
+    assert_eq!(meta.post(&body).await.expect("post"), 200);
+    assert_eq!(meta.post(&body).await.expect("post"), 200);
+    let state = receiver.snapshot();
+    assert_eq!(state.expiry_warnings[FLOW], 1);
+    assert_eq!(state.alerts.len(), 1);
+    assert_eq!(store.load().expect("load"), state);
+}
+
+struct NoCounters;
+
+impl flows_exporter::server::HttpCounters for NoCounters {
+    fn set_connections(&self, _: usize) {}
+    fn shed(&self, _: flows_exporter::server::Shed) {}
+    fn auth(&self, _: flows_exporter::web::AuthResult) {}
+}
