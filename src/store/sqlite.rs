@@ -70,6 +70,18 @@ pub struct Sqlite {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Every row `sql` selects from `table`, read by `read`.
+fn rows<T>(
+    conn: &Connection,
+    table: &str,
+    sql: &str,
+    read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut query = conn.prepare(sql).map_err(fail(table))?;
+    let rows = query.query_map([], read).map_err(fail(table))?;
+    rows.collect::<Result<Vec<T>, _>>().map_err(fail(table))
+}
+
 fn fail(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| StoreError(format!("{what}: {e}"))
 }
@@ -250,23 +262,23 @@ impl Store for Sqlite {
     fn load(&self) -> Result<State, StoreError> {
         let conn = self.conn();
         let mut state = State::default();
-        let mut q = conn
-            .prepare("SELECT flow_id, alert, active, threshold, time, detail FROM alerts")
-            .map_err(fail("alerts"))?;
-        let rows = q
-            .query_map([], |r| {
+        type AlertRow = (String, String, bool, Option<f64>, i64, String);
+        let alerts: Vec<AlertRow> = rows(
+            &conn,
+            "alerts",
+            "SELECT flow_id, alert, active, threshold, time, detail FROM alerts",
+            |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, bool>(2)?,
-                    r.get::<_, Option<f64>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
                 ))
-            })
-            .map_err(fail("alerts"))?;
-        for row in rows {
-            let (flow, alert, active, threshold, time, detail) = row.map_err(fail("alerts"))?;
+            },
+        )?;
+        for (flow, alert, active, threshold, time, detail) in alerts {
             let Some(kind) = AlertKind::from_label(&alert) else {
                 continue;
             };
@@ -282,59 +294,45 @@ impl Store for Sqlite {
                 },
             );
         }
-        let mut q = conn
-            .prepare("SELECT flow_id, status, time FROM statuses")
-            .map_err(fail("statuses"))?;
-        for row in q
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(fail("statuses"))?
-        {
-            let (flow, status, time): (String, String, i64) = row.map_err(fail("statuses"))?;
+        for (flow, status, time) in rows(
+            &conn,
+            "statuses",
+            "SELECT flow_id, status, time FROM statuses",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )? {
             state.statuses.insert(flow, StatusRecord { status, time });
         }
-        let mut q = conn
-            .prepare("SELECT flow_id, from_status, to_status, count FROM status_changes")
-            .map_err(fail("status_changes"))?;
-        for row in q
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .map_err(fail("status_changes"))?
-        {
-            let (flow, from, to, n): (String, String, String, i64) =
-                row.map_err(fail("status_changes"))?;
+        for (flow, from, to, n) in rows(
+            &conn,
+            "status_changes",
+            "SELECT flow_id, from_status, to_status, count FROM status_changes",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?)),
+        )? {
             state
                 .status_changes
                 .insert((flow, from, to), n.max(0) as u64);
         }
-        let mut q = conn
-            .prepare("SELECT flow_id, count FROM expiry_warnings")
-            .map_err(fail("expiry_warnings"))?;
-        for row in q
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(fail("expiry_warnings"))?
-        {
-            let (flow, n): (String, i64) = row.map_err(fail("expiry_warnings"))?;
+        for (flow, n) in rows(
+            &conn,
+            "expiry_warnings",
+            "SELECT flow_id, count FROM expiry_warnings",
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)),
+        )? {
             state.expiry_warnings.insert(flow, n.max(0) as u64);
         }
-        let mut q = conn
-            .prepare("SELECT waba_id, last_received FROM wabas")
-            .map_err(fail("wabas"))?;
-        for row in q
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(fail("wabas"))?
-        {
-            let (waba, at): (String, i64) = row.map_err(fail("wabas"))?;
-            state.last_received.insert(waba, at);
-        }
-        let mut q = conn
-            .prepare("SELECT key, received_at FROM seen")
-            .map_err(fail("seen"))?;
-        for row in q
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(fail("seen"))?
-        {
-            let (key, at): (String, i64) = row.map_err(fail("seen"))?;
-            state.seen.insert(key, at);
-        }
+        state.last_received = rows(
+            &conn,
+            "wabas",
+            "SELECT waba_id, last_received FROM wabas",
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .into_iter()
+        .collect();
+        state.seen = rows(&conn, "seen", "SELECT key, received_at FROM seen", |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .into_iter()
+        .collect();
         Ok(state)
     }
 

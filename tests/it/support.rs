@@ -204,6 +204,18 @@ pub fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// The body of a GET of `url` (any status).
+pub async fn get_text(url: &str) -> String {
+    http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .expect("body")
+}
+
 /// The value of a per-cell series (`flow_id`, `granularity`, `metric` labels).
 pub fn cell(text: &str, name: &str, flow: &str, granularity: &str, metric: &str) -> Option<f64> {
     value(

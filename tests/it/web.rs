@@ -860,14 +860,7 @@ async fn serve_receives_signed_webhooks_over_tls_and_never_shows_the_secrets() {
         403
     );
 
-    let text = http()
-        .get(&metrics)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = get_text(&metrics).await;
     assert_eq!(
         value(
             &text,

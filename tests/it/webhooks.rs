@@ -113,15 +113,17 @@ impl Hooks {
         self.meta(SECRET_A).post(body).await.expect("post")
     }
 
+    /// Posts `body` with this `X-Hub-Signature-256` (or none); the status.
+    async fn post_raw(&self, signature: Option<&str>, body: &str) -> u16 {
+        let mut request = http().post(&self.url).body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("x-hub-signature-256", signature);
+        }
+        request.send().await.expect("post").status().as_u16()
+    }
+
     async fn metrics(&self) -> String {
-        http()
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body")
+        get_text(&format!("{}/metrics", self.base)).await
     }
 
     fn stored(&self) -> u64 {
@@ -200,53 +202,21 @@ async fn signatures_are_checked_over_the_bytes_received() {
             .expect("post"),
         401
     );
-    let client = http();
-    let unsigned = client
-        .post(&h.url)
-        .body(body.clone())
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(unsigned.status(), 401);
-    let malformed = client
-        .post(&h.url)
-        .header("x-hub-signature-256", "sha1=0123")
-        .body(body.clone())
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(malformed.status(), 401);
+    assert_eq!(h.post_raw(None, &body).await, 401);
+    assert_eq!(h.post_raw(Some("sha1=0123"), &body).await, 401);
     let signature = AppSecrets::sign(SECRET_A, body.as_bytes());
-    let changed = body.replace("soon", "later");
-    let tampered = client
-        .post(&h.url)
-        .header("x-hub-signature-256", &signature)
-        .body(changed)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(tampered.status(), 401);
+    assert_eq!(
+        h.post_raw(Some(&signature), &body.replace("soon", "later"))
+            .await,
+        401
+    );
     // Meta signs the escaped form of non-ASCII text: the escaped bytes pass,
     // the same JSON with the characters written out does not.
     let escaped = r#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","time":1706616000,"changes":[{"field":"flows","value":{"event":"FLOW_STATUS_CHANGE","flow_id":"947325160880432","old_status":"THROTTLED","new_status":"PUBLISHED","message":"Flow \u00e4\u00f6\u00e5 changed status"}}]}]}"#;
     let signature = AppSecrets::sign(SECRET_A, escaped.as_bytes());
-    let ok = client
-        .post(&h.url)
-        .header("x-hub-signature-256", &signature)
-        .body(escaped)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(ok.status(), 200);
+    assert_eq!(h.post_raw(Some(&signature), escaped).await, 200);
     let written_out = escaped.replace(r"\u00e4\u00f6\u00e5", "äöå");
-    let refused = client
-        .post(&h.url)
-        .header("x-hub-signature-256", &signature)
-        .body(written_out)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(refused.status(), 401);
+    assert_eq!(h.post_raw(Some(&signature), &written_out).await, 401);
 
     assert_eq!(h.stored(), 3, "only the signed bodies are stored");
     let text = h.metrics().await;
