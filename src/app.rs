@@ -100,10 +100,14 @@ pub struct WebhookListener {
     /// applies to the webhook route.
     pub web: Arc<WebConfig>,
     pub path: String,
+    /// Relays the call-metrics outbox to Graph (when Pages are configured).
+    pub relay: Option<crate::relay::Relay>,
 }
 
 /// How often raw webhook payloads past the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often calls with no `terminate` are aged out.
+const AGE_CALLS_EVERY: Duration = Duration::from_secs(60);
 
 /// Counts the webhook listener's connections in the receiver's metrics.
 struct WebhookHttp(Arc<Receiver>);
@@ -138,19 +142,35 @@ pub async fn run_with(
             let receiver = w.receiver.clone();
             let token = shutdown.clone();
             tracker.spawn(async move {
+                let mut last_prune: Option<std::time::Instant> = None;
                 loop {
                     let r = receiver.clone();
-                    match tokio::task::spawn_blocking(move || r.prune()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => warn!(error = %e, "cannot prune webhook storage"),
-                        Err(e) => warn!(error = %e, "webhook storage prune failed"),
+                    let prune = last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY);
+                    if prune {
+                        last_prune = Some(std::time::Instant::now());
+                    }
+                    let done = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = r.age_calls() {
+                            warn!(error = %e, "cannot age out calls");
+                        }
+                        if prune {
+                            if let Err(e) = r.prune() {
+                                warn!(error = %e, "cannot prune webhook storage");
+                            }
+                        }
+                    });
+                    if let Err(e) = done.await {
+                        warn!(error = %e, "webhook storage upkeep failed");
                     }
                     tokio::select! {
-                        () = tokio::time::sleep(PRUNE_EVERY) => {}
+                        () = tokio::time::sleep(AGE_CALLS_EVERY) => {}
                         () = token.cancelled() => return,
                     }
                 }
             });
+            if let Some(relay) = w.relay {
+                tracker.spawn(relay.run(shutdown.clone()));
+            }
             let routes = Arc::new(server::routes::webhooks(
                 w.receiver.clone(),
                 exporter.clone(),
@@ -445,10 +465,7 @@ pub async fn serve(config: Config, web: WebConfig, listen: Listen) -> anyhow::Re
         warn!(config = ?config.path, "{note}");
     }
     info!(address = %addresses.join(","), metrics_path = %listen.metrics_path, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, web_config = ?web.path(), tls = web.current().is_tls(), basic_auth_users = web.current().users(), version = crate::version::VERSION, revision = crate::version::REVISION, "serving /metrics");
-    let webhooks = match &config.webhooks {
-        Some(w) => Some(open_webhooks(w, &config.storage).await?),
-        None => None,
-    };
+    let webhooks = open_webhooks(&config).await?;
     let exporter = Exporter::new(config, token, Clock::system())?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -468,10 +485,11 @@ pub async fn serve(config: Config, web: WebConfig, listen: Listen) -> anyhow::Re
 /// The webhook receiver `[webhooks]` and `[storage]` describe: its secrets
 /// read, its storage opened (schema brought up to date), its listener bound.
 /// Errors name the key.
-pub async fn open_webhooks(
-    config: &crate::config::WebhooksConfig,
-    storage: &crate::config::StorageConfig,
-) -> anyhow::Result<WebhookListener> {
+pub async fn open_webhooks(whole: &Config) -> anyhow::Result<Option<WebhookListener>> {
+    let Some(config) = &whole.webhooks else {
+        return Ok(None);
+    };
+    let (storage, pages) = (&whole.storage, &whole.pages);
     let secret = config.app_secret.load()?;
     let secrets = crate::webhook::AppSecrets::parse(secret.expose())
         .context("key `webhooks.app_secret_env`: no app secret in it")?;
@@ -495,11 +513,25 @@ pub async fn open_webhooks(
         .await
         .context("cannot open the storage")?
         .map_err(|e| anyhow::anyhow!("key `storage.path`: {e}"))?;
+    let intake_token = match &config.intake_token {
+        Some(source) => Some(source.load()?),
+        None => {
+            if !pages.is_empty() {
+                warn!(
+                    "no call-metrics intake token (set CALL_METRICS_INTAKE_TOKEN, webhooks.intake_token_env or intake_token_file): the intake refuses every post"
+                );
+            }
+            None
+        }
+    };
     let receiver = Receiver::new(
         crate::webhook::Settings {
             secrets,
             verify_token,
             retention: storage.retention,
+            intake_token,
+            pages: pages.iter().map(|p| p.id.clone()).collect(),
+            call_timeout: config.call_timeout,
         },
         Arc::new(store),
         Clock::system(),
@@ -508,17 +540,35 @@ pub async fn open_webhooks(
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("key `webhooks.listen`: cannot listen on {}", config.listen))?;
-    info!(address = %listener.local_addr()?, path = %config.path, tls = web.current().is_tls(), storage = %storage.path.display(), retention_days = storage.retention.as_secs() / 86400, "receiving webhooks");
-    Ok(WebhookListener {
+    let mut tokens = std::collections::BTreeMap::new();
+    for page in pages {
+        tokens.insert(page.id.clone(), page.token.load()?);
+    }
+    let relay = if pages.is_empty() {
+        None
+    } else {
+        Some(crate::relay::Relay::new(
+            receiver.clone(),
+            &whole.graph,
+            tokens,
+        )?)
+    };
+    info!(address = %listener.local_addr()?, path = %config.path, tls = web.current().is_tls(), storage = %storage.path.display(), retention_days = storage.retention.as_secs() / 86400, pages = pages.len(), "receiving webhooks");
+    Ok(Some(WebhookListener {
         listener,
         receiver,
         web: Arc::new(web),
         path: config.path.clone(),
-    })
+        relay,
+    }))
 }
 
 /// The app secret the demo's sandbox signs webhooks with; it guards nothing real.
 pub const DEMO_APP_SECRET: &str = "sandbox-demo-app-secret";
+/// The demo's Messenger Page, whose calls the simulated business places.
+pub const DEMO_PAGE: &str = "106378625516323";
+/// The bearer token of the demo's call-metrics intake.
+pub const DEMO_INTAKE_TOKEN: &str = "sandbox-demo-intake-token";
 /// The demo receiver's verify token.
 pub const DEMO_VERIFY_TOKEN: &str = "sandbox-demo-verify-token";
 
@@ -539,6 +589,9 @@ pub fn demo_sandbox(clock: Clock) -> Sandbox {
     });
     sandbox
 }
+
+/// How often the demo's simulated business places a Messenger call.
+pub const DEMO_CALL_EVERY: Duration = Duration::from_secs(15);
 
 /// How often the demo's sandbox plays a round of webhooks.
 pub const DEMO_WEBHOOK_ROUND: Duration = Duration::from_secs(60);
@@ -582,10 +635,13 @@ pub async fn demo(listen: Listen, web: WebConfig) -> anyhow::Result<()> {
         .context("cannot make the demo's storage")??;
     let receiver = Receiver::new(
         crate::webhook::Settings {
-            secrets: crate::webhook::AppSecrets::parse(DEMO_APP_SECRET)
-                .context("the demo app secret")?,
             verify_token: Some(Secret::new(DEMO_VERIFY_TOKEN)),
-            retention: crate::config::DEFAULT_RETENTION,
+            intake_token: Some(Secret::new(DEMO_INTAKE_TOKEN)),
+            pages: [DEMO_PAGE.to_owned()].into(),
+            ..crate::webhook::Settings::new(
+                crate::webhook::AppSecrets::parse(DEMO_APP_SECRET)
+                    .context("the demo app secret")?,
+            )
         },
         Arc::new(store),
         Clock::system(),
@@ -594,15 +650,39 @@ pub async fn demo(listen: Listen, web: WebConfig) -> anyhow::Result<()> {
         "http://{webhook_addr}{}",
         crate::config::DEFAULT_WEBHOOK_PATH
     );
+    let relay = crate::relay::Relay::new(
+        receiver.clone(),
+        &exporter.config().graph,
+        [(DEMO_PAGE.to_owned(), Secret::new(DEMO_TOKEN))].into(),
+    )?;
     let webhooks = WebhookListener {
         listener: webhook_listener,
         receiver,
         web: Arc::new(WebConfig::default()),
         path: crate::config::DEFAULT_WEBHOOK_PATH.to_owned(),
+        relay: Some(relay),
     };
 
     let shutdown = CancellationToken::new();
     let sandbox = demo_sandbox(Clock::system());
+    sandbox.add_page(DEMO_PAGE);
+    sandbox.set_webhook_target(&webhook_url, DEMO_APP_SECRET);
+    let business = crate::sandbox::business::Business {
+        graph: format!(
+            "http://{sandbox_addr}/{}",
+            crate::config::DEFAULT_API_VERSION
+        ),
+        token: DEMO_TOKEN.to_owned(),
+        page_id: DEMO_PAGE.to_owned(),
+        intake: format!("http://{webhook_addr}/calls/{DEMO_PAGE}/metrics"),
+        intake_token: DEMO_INTAKE_TOKEN.to_owned(),
+    };
+    let business_task = tokio::spawn(business.play(
+        sandbox.clone(),
+        Clock::system(),
+        DEMO_CALL_EVERY,
+        shutdown.clone(),
+    ));
     let meta = crate::sandbox::meta::MetaWebhooks::new(webhook_url.clone(), DEMO_APP_SECRET);
     let meta_task = tokio::spawn(meta.play(
         sandbox.clone(),
@@ -623,13 +703,17 @@ pub async fn demo(listen: Listen, web: WebConfig) -> anyhow::Result<()> {
     };
     let path = &listen.metrics_path;
     let round = DEMO_WEBHOOK_ROUND.as_secs();
+    let calls = DEMO_CALL_EVERY.as_secs();
     let banner = format!(
         "flows-exporter demo: a sandbox Graph API with realistic data, and the exporter polling it.\n\
          \n  metrics:        {scheme}://{first}{path}\n  landing page:   {scheme}://{first}/\n  \
          readiness:      {scheme}://{first}/-/ready\n  sandbox Graph:  \
          http://{sandbox_addr}/v23.0/102290129340398/flows?fields=id,name,status \
          (Authorization: Bearer {DEMO_TOKEN})\n  webhooks:       {webhook_url} \
-         (the sandbox posts signed flows events here every {round} s; app secret {DEMO_APP_SECRET})\n\n\
+         (the sandbox posts signed flows events here every {round} s; app secret {DEMO_APP_SECRET})\n  \
+         calls:          a simulated business places a Messenger call every {calls} s through the sandbox; \
+         its client posts the metrics to http://{webhook_addr}/calls/{DEMO_PAGE}/metrics \
+         (Authorization: Bearer {DEMO_INTAKE_TOKEN}), relayed to the sandbox's call_metrics\n\n\
          Backfill the same data into a file: flows-exporter backfill --demo --since -7d --until yesterday --output flows.om\n\
          \nPress Ctrl-C to stop.\n"
     );
@@ -651,6 +735,7 @@ pub async fn demo(listen: Listen, web: WebConfig) -> anyhow::Result<()> {
     shutdown.cancel();
     signals.abort();
     let _ = meta_task.await;
+    let _ = business_task.await;
     match sandbox_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "sandbox ended with an error"),

@@ -129,6 +129,8 @@ pub struct Config {
     pub webhooks: Option<WebhooksConfig>,
     /// Where durable state lives (`[storage]`).
     pub storage: StorageConfig,
+    /// Messenger Pages (`[[pages]]`).
+    pub pages: Vec<PageConfig>,
     /// Deprecated keys the file used, with what to write instead; they still
     /// work. `serve` and a reload log them, `check-config` prints them.
     pub deprecated: Vec<String>,
@@ -150,6 +152,21 @@ pub struct WebhooksConfig {
     /// TLS for the webhook listener (an exporter-toolkit web config file, as
     /// `--web.config.file`; its basic auth does not apply to the webhook route).
     pub web_config_file: Option<PathBuf>,
+    /// The bearer token of the call-metrics intake (`POST
+    /// /calls/{page_id}/metrics`); `None` when neither key is set and the
+    /// default variable is unset: the intake refuses every post.
+    pub intake_token: Option<SecretSource>,
+    /// A call with no `terminate` stops counting as active after this long.
+    pub call_timeout: Duration,
+}
+
+/// A Messenger Page whose call metrics the exporter takes in and relays
+/// (`[[pages]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageConfig {
+    pub id: String,
+    /// The Page's access token, for `POST /{page_id}/call_metrics`.
+    pub token: SecretSource,
 }
 
 /// Default webhook route.
@@ -158,6 +175,9 @@ pub const DEFAULT_APP_SECRET_ENV: &str = "META_APP_SECRET";
 pub const DEFAULT_VERIFY_TOKEN_ENV: &str = "META_WEBHOOK_VERIFY_TOKEN";
 pub const DEFAULT_STORAGE_PATH: &str = "flows-exporter.db";
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86400);
+/// A call with no `terminate` stops counting as active after this long.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+pub const DEFAULT_INTAKE_TOKEN_ENV: &str = "CALL_METRICS_INTAKE_TOKEN";
 
 /// Durable state (`[storage]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,6 +398,16 @@ struct RawConfig {
     webhooks: Option<RawWebhooks>,
     #[serde(default)]
     storage: RawStorage,
+    #[serde(default)]
+    pages: Vec<RawPage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPage {
+    id: String,
+    access_token_env: Option<String>,
+    access_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -390,6 +420,9 @@ struct RawWebhooks {
     verify_token_env: Option<String>,
     verify_token_file: Option<PathBuf>,
     web_config_file: Option<PathBuf>,
+    intake_token_env: Option<String>,
+    intake_token_file: Option<PathBuf>,
+    call_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -466,12 +499,29 @@ impl RawWebhooks {
         )?;
         let verify_token =
             (!verify_token.is_unset_default(DEFAULT_VERIFY_TOKEN_ENV)).then_some(verify_token);
+        let intake_token = secret_source(
+            "intake_token",
+            self.intake_token_env,
+            self.intake_token_file,
+            DEFAULT_INTAKE_TOKEN_ENV,
+        )?;
+        let intake_token =
+            (!intake_token.is_unset_default(DEFAULT_INTAKE_TOKEN_ENV)).then_some(intake_token);
+        let call_timeout = match self.call_timeout {
+            Some(s) => parse_duration("webhooks.call_timeout", &s)?,
+            None => DEFAULT_CALL_TIMEOUT,
+        };
+        if call_timeout < Duration::from_secs(60) || call_timeout > Duration::from_secs(7 * 86400) {
+            return Err(err("webhooks.call_timeout", "must be between 1m and 7d"));
+        }
         Ok(WebhooksConfig {
             listen,
             path,
             app_secret,
             verify_token,
             web_config_file: self.web_config_file,
+            intake_token,
+            call_timeout,
         })
     }
 }
@@ -714,6 +764,43 @@ impl RawConfig {
             }
         }
         let storage = self.storage.validate()?;
+        let mut pages: Vec<PageConfig> = Vec::new();
+        for (i, p) in self.pages.into_iter().enumerate() {
+            let key = format!("pages[{i}].id");
+            check_graph_id(&key, &p.id)?;
+            if pages.iter().any(|q| q.id == p.id) {
+                return Err(err(key, format!("Page {} is listed twice", p.id)));
+            }
+            let token = match (p.access_token_env, p.access_token_file) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        format!("pages[{i}].access_token_file"),
+                        "set access_token_env or access_token_file, not both",
+                    ));
+                }
+                (Some(var), None) => SecretSource::Env {
+                    var,
+                    key: format!("pages[{i}].access_token_env"),
+                },
+                (None, Some(path)) => SecretSource::File {
+                    path,
+                    key: format!("pages[{i}].access_token_file"),
+                },
+                (None, None) => {
+                    return Err(err(
+                        format!("pages[{i}].access_token_env"),
+                        "a Page needs its access token: set access_token_env or access_token_file",
+                    ));
+                }
+            };
+            pages.push(PageConfig { id: p.id, token });
+        }
+        if !pages.is_empty() && webhooks.is_none() {
+            return Err(err(
+                "pages",
+                "[[pages]] need the webhook receiver: add a [webhooks] section (the call-metrics intake is on its listener)",
+            ));
+        }
 
         Ok(Config {
             path: None,
@@ -727,6 +814,7 @@ impl RawConfig {
             limits,
             webhooks,
             storage,
+            pages,
             deprecated,
         })
     }

@@ -775,3 +775,43 @@ async fn read_capped(
         }
     }
 }
+
+/// Posts one call's metrics to `{base_url}/{api_version}/{page_id}/call_metrics`
+/// with the Page's token: `Ok(true)` for `{"success": true}`, `Ok(false)` for
+/// a 2xx answer that does not say so, else the Graph error (texts redacted).
+/// One attempt: the relay's outbox decides about retries.
+pub async fn post_call_metrics(
+    http: &reqwest::Client,
+    base_url: &str,
+    api_version: &str,
+    page_id: &str,
+    token: &Secret,
+    body: &str,
+) -> Result<bool, GraphError> {
+    let redact = Redactor::new([token.expose()]);
+    let url = format!("{base_url}/{api_version}/{page_id}/call_metrics");
+    let response = http
+        .post(&url)
+        .bearer_auth(token.expose())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .map_err(|e| network_error(&e, "call_metrics: ", &redact))?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| network_error(&e, "call_metrics: ", &redact))?;
+    if let Some(e) = crate::error::error_envelope(status, &bytes, &redact) {
+        return Err(e);
+    }
+    if !(200..300).contains(&status) {
+        return Err(crate::error::parse_error(status, &bytes, &redact));
+    }
+    let success = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("success").and_then(serde_json::Value::as_bool))
+        .unwrap_or(false);
+    Ok(success)
+}

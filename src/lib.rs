@@ -32,6 +32,7 @@
 
 pub mod app;
 pub mod backfill;
+pub mod callmetrics;
 pub mod config;
 pub mod error;
 pub mod exporter;
@@ -42,6 +43,7 @@ pub mod logfmt;
 pub mod model;
 pub mod poll;
 pub mod ratelimit;
+pub mod relay;
 pub mod sandbox;
 pub mod server;
 pub mod snapshot;

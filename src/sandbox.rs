@@ -10,6 +10,8 @@
 //! and JSON; this module holds the shared state, the public knobs tests turn (faults,
 //! latency, paging) and the hyper server.
 
+pub mod business;
+pub mod calling;
 mod data;
 mod graph;
 pub mod meta;
@@ -95,6 +97,9 @@ struct State {
     business_usage: UsageHeader,
     metric_log: Vec<(String, MetricKind, Granularity)>,
     usage: graph::Usage,
+    calling: calling::Calling,
+    /// Where the `calls` webhooks go: URL and app secret.
+    webhook_target: Option<(String, String)>,
 }
 
 /// A flow the sandbox knows, with the traffic its endpoint gets.
@@ -204,6 +209,8 @@ impl Sandbox {
             business_usage: UsageHeader::Computed,
             metric_log: Vec::new(),
             usage: graph::Usage::default(),
+            calling: calling::Calling::default(),
+            webhook_target: None,
         };
         Sandbox {
             inner: Arc::new(Inner {
@@ -286,6 +293,65 @@ impl Sandbox {
     /// Removes a flow; its WABA stays known (and lists no flow if it was the last).
     pub fn remove_flow(&self, flow_id: &str) {
         self.state().flows.retain(|f| f.id != flow_id);
+    }
+
+    /// A Messenger Page that may place calls (`POST /{page}/calls`) and
+    /// submit call metrics.
+    pub fn add_page(&self, page_id: &str) {
+        self.state().calling.pages.insert(page_id.to_owned());
+    }
+
+    /// The Page's app loses (or gets back) the calling capability.
+    pub fn set_page_permission(&self, page_id: &str, allowed: bool) {
+        let mut state = self.state();
+        if allowed {
+            state.calling.no_permission.remove(page_id);
+        } else {
+            state.calling.no_permission.insert(page_id.to_owned());
+        }
+    }
+
+    /// The next `call_metrics` post is answered with this status and body.
+    pub fn inject_call_metrics(&self, status: u16, body: &str) {
+        self.state()
+            .calling
+            .injected
+            .push((status, body.to_owned()));
+    }
+
+    /// The call_metrics bodies the sandbox accepted, in order.
+    pub fn received_call_metrics(&self) -> Vec<serde_json::Value> {
+        self.state().calling.received_metrics.clone()
+    }
+
+    /// The calls the sandbox placed.
+    pub fn calls(&self) -> std::collections::BTreeMap<String, calling::SandboxCall> {
+        self.state().calling.calls.clone()
+    }
+
+    /// Posts the `calls` webhooks to `url`, signed with `secret`.
+    pub fn set_webhook_target(&self, url: &str, secret: &str) {
+        self.state().webhook_target = Some((url.to_owned(), secret.to_owned()));
+    }
+
+    /// The consumer accepts a call the sandbox placed: its `accepted` webhook
+    /// goes out. False for an unknown call.
+    pub async fn accept_call(&self, call_id: &str) -> bool {
+        let now = self.inner.clock.now().timestamp();
+        let (webhook, target) = {
+            let state = self.state();
+            (
+                state.calling.accept(call_id, now),
+                state.webhook_target.clone(),
+            )
+        };
+        match webhook {
+            Some(body) => {
+                deliver(target, vec![body]).await;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn set_status(&self, flow_id: &str, status: &str) {
@@ -517,6 +583,9 @@ impl Sandbox {
     /// One HTTP exchange: route, wait out latency and fault delay, answer. An error
     /// makes hyper close the connection without an answer (`Transport::Reset`).
     async fn answer(self, req: Request<Incoming>) -> io::Result<Response<Body>> {
+        if req.method() == hyper::Method::POST {
+            return self.answer_calling(req).await;
+        }
         let authorization = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -532,6 +601,65 @@ impl Sandbox {
         }
         self.inner.answered.fetch_add(1, Ordering::Relaxed);
         reply.into_response()
+    }
+
+    /// `POST /{version}/{page}/calls` and `/{version}/{page}/call_metrics`;
+    /// the webhooks a call causes are delivered before the answer goes back
+    /// (Meta sends them about then too).
+    async fn answer_calling(self, req: Request<Incoming>) -> io::Result<Response<Body>> {
+        use http_body_util::BodyExt as _;
+        let authorized = {
+            let token = self.state().token.clone();
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                == Some(format!("Bearer {token}").as_str())
+        };
+        let path: Vec<String> = req
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let body = http_body_util::Limited::new(req.into_body(), 1024 * 1024)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let now = self.inner.clock.now().timestamp();
+        let (answer, target) = {
+            let mut state = self.state();
+            let answer = if !authorized {
+                calling::Answer {
+                    status: 401,
+                    body: serde_json::json!({"error": {"message": "Error validating access token", "type": "OAuthException", "code": 190}}).to_string(),
+                    webhooks: Vec::new(),
+                }
+            } else {
+                match path.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                    [_, page, "calls"] => state.calling.calls(page, &json, now),
+                    [_, page, "call_metrics"] => state.calling.call_metrics(page, &json, now),
+                    _ => calling::Answer {
+                        status: 400,
+                        body: serde_json::json!({"error": {"message": "Unsupported post request.", "type": "GraphMethodException", "code": 100}}).to_string(),
+                        webhooks: Vec::new(),
+                    },
+                }
+            };
+            (answer, state.webhook_target.clone())
+        };
+        deliver(target, answer.webhooks).await;
+        self.inner.answered.fetch_add(1, Ordering::Relaxed);
+        Reply {
+            status: answer.status,
+            headers: vec![("content-type", "application/json; charset=UTF-8".to_owned())],
+            body: answer.body,
+            delay: Duration::ZERO,
+            transport: None,
+        }
+        .into_response()
     }
 
     /// Everything but the I/O: decides the answer and its headers.
@@ -626,6 +754,21 @@ impl Sandbox {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Posts `bodies`, signed, to the webhook target, in order; failures are logged.
+async fn deliver(target: Option<(String, String)>, bodies: Vec<String>) {
+    let Some((url, secret)) = target else {
+        return;
+    };
+    let meta = meta::MetaWebhooks::new(url, secret);
+    for body in bodies {
+        match meta.post(&body).await {
+            Ok(200) => {}
+            Ok(status) => warn!(status, "sandbox: the receiver did not take a calls webhook"),
+            Err(e) => warn!(error = %e, "sandbox: cannot deliver a calls webhook"),
+        }
     }
 }
 

@@ -31,6 +31,38 @@ pub struct Raw<'a> {
     pub understood: bool,
 }
 
+/// A call-metrics item waiting to be relayed to Graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub page_id: String,
+    pub call_id: String,
+    /// The JSON body to post, as checked and rewritten at intake.
+    pub body: String,
+    /// `call_ended_time`: nothing is sent 24 hours after it.
+    pub ended_at: i64,
+    pub attempts: u32,
+}
+
+/// What one attempt at an item came to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxUpdate {
+    pub state: crate::callmetrics::OutboxState,
+    pub attempts: u32,
+    pub next_at: i64,
+    pub result: String,
+}
+
+/// The outbox at a glance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxSummary {
+    pub pending: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Received time of the oldest pending item.
+    pub oldest_pending: Option<i64>,
+}
+
 /// What a prune removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -44,7 +76,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// `Ok`. Alerts and statuses are replaced only by an event at least as
     /// new as the stored one, whatever the plan says (another writer may have
     /// been first).
-    fn commit(&self, raw: Raw<'_>, plan: &Plan) -> Result<(), StoreError>;
+    fn commit(&self, raw: Option<Raw<'_>>, plan: &Plan) -> Result<(), StoreError>;
 
     /// The state in force (alerts, statuses, counters, the duplicate memory).
     fn load(&self) -> Result<State, StoreError>;
@@ -52,6 +84,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Removes raw payloads and duplicate keys received before `cutoff` (Unix
     /// seconds).
     fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError>;
+
+    /// Pending call-metrics items due at `now`, oldest first, at most `limit`.
+    fn outbox_due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Records the outcome of an attempt at an item.
+    fn outbox_update(&self, id: i64, update: &OutboxUpdate) -> Result<(), StoreError>;
+
+    /// Items per state, and when the oldest pending one was received.
+    fn outbox_summary(&self) -> Result<OutboxSummary, StoreError>;
 
     /// How many raw payloads are kept (for tests and the landing page).
     fn raw_count(&self) -> Result<u64, StoreError>;

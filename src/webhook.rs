@@ -14,6 +14,7 @@
 //! `signature`, `payload`, `state` and `render` are pure; this module and
 //! the store do the I/O.
 
+pub mod calls;
 pub mod payload;
 pub mod render;
 pub mod signature;
@@ -127,6 +128,43 @@ pub struct Metrics {
     connections: IntGauge,
     shed: IntCounterVec,
     pruned: IntCounter,
+    intakes: IntCounterVec,
+    forwarded: IntCounterVec,
+    outbox_items: prometheus::IntGaugeVec,
+    outbox_oldest: prometheus::Gauge,
+}
+
+/// The `result` label of `messenger_call_metrics_intake_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntakeLabel {
+    Accepted,
+    Duplicate,
+    Unauthorized,
+    UnknownPage,
+    Invalid,
+    StoreFailed,
+}
+
+impl IntakeLabel {
+    pub const ALL: [IntakeLabel; 6] = [
+        IntakeLabel::Accepted,
+        IntakeLabel::Duplicate,
+        IntakeLabel::Unauthorized,
+        IntakeLabel::UnknownPage,
+        IntakeLabel::Invalid,
+        IntakeLabel::StoreFailed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            IntakeLabel::Accepted => "accepted",
+            IntakeLabel::Duplicate => "duplicate",
+            IntakeLabel::Unauthorized => "unauthorized",
+            IntakeLabel::UnknownPage => "unknown_page",
+            IntakeLabel::Invalid => "invalid",
+            IntakeLabel::StoreFailed => "store_failed",
+        }
+    }
 }
 
 const NS: &str = "whatsapp_flows_exporter";
@@ -204,8 +242,41 @@ impl Metrics {
             .namespace(NS),
         )
         .expect("valid metric");
+        let intakes = IntCounterVec::new(
+            Opts::new(
+                "messenger_call_metrics_intake_total",
+                "Call-metrics posts from the business's client, by result: accepted (stored, queued for Meta), duplicate (the call's metrics came before), unauthorized, unknown_page, invalid (400 naming the field), store_failed.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let forwarded = IntCounterVec::new(
+            Opts::new(
+                "messenger_call_metrics_forwarded_total",
+                "Attempts to relay call metrics to Graph's call_metrics, by Page and result: sent, already_submitted (done), outside_window, invalid_call_id, invalid_page_id, permission, expired (not sent: 24 h after the call ended) are final; in_progress, transient, throttled, token and unknown are retried.",
+            ),
+            &["page_id", "result"],
+        )
+        .expect("valid metric");
+        let outbox_items = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "messenger_call_metrics_outbox",
+                "Call-metrics items in the relay's outbox by state: pending, done, failed (kept for storage.retention).",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let outbox_oldest = prometheus::Gauge::with_opts(Opts::new(
+            "messenger_call_metrics_outbox_oldest_pending_age_seconds",
+            "Age of the oldest call-metrics item still pending; 0 when none.",
+        ))
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(intakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(forwarded.clone()),
+            Box::new(outbox_items.clone()),
+            Box::new(outbox_oldest.clone()),
+            Box::new(requests.clone()),
             Box::new(events.clone()),
             Box::new(duplicates.clone()),
             Box::new(out_of_order.clone()),
@@ -222,6 +293,9 @@ impl Metrics {
         for reason in ["idle", "stalled", "busy"] {
             shed.with_label_values(&[reason]);
         }
+        for r in IntakeLabel::ALL {
+            intakes.with_label_values(&[r.label()]);
+        }
         Metrics {
             registry,
             requests,
@@ -232,7 +306,49 @@ impl Metrics {
             connections,
             shed,
             pruned,
+            intakes,
+            forwarded,
+            outbox_items,
+            outbox_oldest,
         }
+    }
+
+    /// Counts one call-metrics post.
+    pub fn intake(&self, result: IntakeLabel) {
+        self.intakes.with_label_values(&[result.label()]).inc();
+    }
+
+    /// Counts one relay attempt.
+    pub fn forwarded(&self, page_id: &str, result: crate::callmetrics::RelayResult) {
+        self.forwarded
+            .with_label_values(&[page_id, result.label()])
+            .inc();
+    }
+
+    /// Reads a relay counter (tests).
+    pub fn forwarded_count(&self, page_id: &str, result: crate::callmetrics::RelayResult) -> u64 {
+        self.forwarded
+            .with_label_values(&[page_id, result.label()])
+            .get()
+    }
+
+    /// Sets the outbox gauges.
+    pub fn set_outbox(&self, summary: &crate::store::OutboxSummary, now: i64) {
+        use crate::callmetrics::OutboxState;
+        for (state, n) in [
+            (OutboxState::Pending, summary.pending),
+            (OutboxState::Done, summary.done),
+            (OutboxState::Failed, summary.failed),
+        ] {
+            self.outbox_items
+                .with_label_values(&[state.label()])
+                .set(n as i64);
+        }
+        self.outbox_oldest.set(
+            summary
+                .oldest_pending
+                .map_or(0.0, |t| (now - t).max(0) as f64),
+        );
     }
 
     /// Counts one request to the webhook route.
@@ -277,6 +393,43 @@ pub struct Settings {
     pub verify_token: Option<Secret>,
     /// How long raw payloads and duplicate keys are kept.
     pub retention: Duration,
+    /// The bearer token of the call-metrics intake; `None`: the intake is off.
+    pub intake_token: Option<Secret>,
+    /// The Pages (`[[pages]]`) whose call metrics are taken in.
+    pub pages: std::collections::BTreeSet<String>,
+    /// A call with no `terminate` stops counting as active after this long.
+    pub call_timeout: Duration,
+}
+
+impl Settings {
+    /// Settings for `secrets`, with the defaults for the rest (tests, demo).
+    pub fn new(secrets: AppSecrets) -> Settings {
+        Settings {
+            secrets,
+            verify_token: None,
+            retention: crate::config::DEFAULT_RETENTION,
+            intake_token: None,
+            pages: Default::default(),
+            call_timeout: crate::config::DEFAULT_CALL_TIMEOUT,
+        }
+    }
+}
+
+/// What a call-metrics post came to.
+#[derive(Debug)]
+pub enum IntakeResult {
+    /// Stored (and queued for Meta): 202.
+    Accepted,
+    /// This call's metrics were taken in before: 202, nothing done again.
+    Duplicate,
+    /// No or a wrong bearer token: 401.
+    Unauthorized,
+    /// A Page not configured: 404.
+    UnknownPage,
+    /// 400, naming the field.
+    Invalid(crate::callmetrics::FieldError),
+    /// Could not be stored: 500.
+    Failed(StoreError),
 }
 
 /// The webhook receiver.
@@ -292,6 +445,8 @@ pub struct Receiver {
     metrics: Metrics,
     /// When a bad signature was last logged (at most one line a minute).
     bad_logged: Mutex<Option<Instant>>,
+    /// Woken when an intake queues an item for the relay.
+    outbox: tokio::sync::Notify,
 }
 
 impl Receiver {
@@ -319,6 +474,7 @@ impl Receiver {
             rendered: Mutex::new(Rendered::default()),
             metrics: Metrics::new(),
             bad_logged: Mutex::new(None),
+            outbox: tokio::sync::Notify::new(),
         }))
     }
 
@@ -455,7 +611,7 @@ impl Receiver {
             body,
             understood: parsed.is_ok(),
         };
-        if let Err(e) = self.store.commit(raw, &plan) {
+        if let Err(e) = self.store.commit(Some(raw), &plan) {
             drop(state);
             self.metrics.request(RequestResult::StoreFailed);
             warn!(error = %e, bytes = body.len(), "cannot store a signed webhook; answering 500 so that Meta sends it again");
@@ -512,11 +668,99 @@ impl Receiver {
         }
     }
 
+    /// Wakes the relay when an intake queued an item.
+    pub fn outbox_notify(&self) -> &tokio::sync::Notify {
+        &self.outbox
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// A call-metrics post for `page_id` with this `Authorization` header.
+    pub async fn intake(
+        self: &Arc<Self>,
+        page_id: String,
+        authorization: Option<Vec<u8>>,
+        body: bytes::Bytes,
+    ) -> IntakeResult {
+        let authorized = match (&self.settings.intake_token, &authorization) {
+            (Some(token), Some(header)) => header
+                .strip_prefix(b"Bearer ")
+                .is_some_and(|t| signature::same_secret(t.trim_ascii(), token.expose().as_bytes())),
+            _ => false,
+        };
+        if !authorized {
+            self.metrics.intake(IntakeLabel::Unauthorized);
+            return IntakeResult::Unauthorized;
+        }
+        if !self.settings.pages.contains(&page_id) {
+            self.metrics.intake(IntakeLabel::UnknownPage);
+            return IntakeResult::UnknownPage;
+        }
+        let metrics = match crate::callmetrics::parse_intake(&body) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.intake(IntakeLabel::Invalid);
+                debug!(page_id = %page_id, error = %e, "call metrics refused");
+                return IntakeResult::Invalid(e);
+            }
+        };
+        let me = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let now = me.clock.now().timestamp();
+            let mut state = me.state();
+            if state
+                .intakes
+                .contains(&(page_id.clone(), metrics.call_id.clone()))
+            {
+                return IntakeResult::Duplicate;
+            }
+            let plan = state.plan_intake(&page_id, metrics, now);
+            if let Err(e) = me.store.commit(None, &plan) {
+                warn!(error = %e, page_id = %page_id, "cannot store call metrics; answering 500");
+                return IntakeResult::Failed(e);
+            }
+            state.apply(&plan);
+            me.version.fetch_add(1, Ordering::Release);
+            IntakeResult::Accepted
+        })
+        .await
+        .unwrap_or_else(|e| {
+            IntakeResult::Failed(StoreError(format!("the intake task failed: {e}")))
+        });
+        match &result {
+            IntakeResult::Accepted => {
+                self.metrics.intake(IntakeLabel::Accepted);
+                self.outbox.notify_one();
+            }
+            IntakeResult::Duplicate => self.metrics.intake(IntakeLabel::Duplicate),
+            _ => self.metrics.intake(IntakeLabel::StoreFailed),
+        }
+        result
+    }
+
+    /// Ages out calls with no `terminate` within the call timeout.
+    pub fn age_calls(&self) -> Result<(), StoreError> {
+        let now = self.clock.now().timestamp();
+        let cutoff = now - self.settings.call_timeout.as_secs() as i64;
+        let mut state = self.state();
+        let plan = state.plan_aging(now, cutoff);
+        if plan.calls.is_empty() {
+            return Ok(());
+        }
+        self.store.commit(None, &plan)?;
+        state.apply(&plan);
+        self.version.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
     /// Removes raw payloads and duplicate keys past the retention.
     pub fn prune(&self) -> Result<crate::store::Pruned, StoreError> {
         let cutoff = self.clock.now().timestamp() - self.settings.retention.as_secs() as i64;
         let pruned = self.store.prune(cutoff)?;
         self.state().forget_seen_before(cutoff);
+        self.state().forget_calls_before(cutoff);
         self.metrics.pruned.inc_by(pruned.raw_events);
         if pruned.raw_events > 0 || pruned.seen_keys > 0 {
             info!(

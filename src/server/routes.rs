@@ -61,6 +61,34 @@ pub struct Request {
     pub head: Parts,
     pub body: Bytes,
     pub peer: SocketAddr,
+    /// The values of the route's `{name}` segments, in order.
+    pub params: Vec<(String, String)>,
+}
+
+/// Matches `path` against a route's path, whose segments may be `{name}`
+/// (any one non-empty segment); the named values, or `None`.
+fn matches(pattern: &str, path: &str) -> Option<Vec<(String, String)>> {
+    if !pattern.contains('{') {
+        return (pattern == path).then(Vec::new);
+    }
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    let mut params = Vec::new();
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return Some(params),
+            (Some(want), Some(got)) => {
+                if let Some(name) = want.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+                    if got.is_empty() {
+                        return None;
+                    }
+                    params.push((name.to_owned(), got.to_owned()));
+                } else if want != got {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// What answers a route.
@@ -105,7 +133,9 @@ impl Routes {
         Routes::default()
     }
 
-    /// Adds a row; a later row for the same path is never reached.
+    /// Adds a row; a later row for the same path is never reached. A path
+    /// segment written `{name}` matches any one segment, handed to the
+    /// handler in [`Request::params`].
     pub fn route(mut self, route: Route) -> Routes {
         self.routes.push(route);
         self
@@ -123,9 +153,12 @@ impl Routes {
         peer: SocketAddr,
         stats: &HttpStats,
     ) -> Response<Chunks> {
-        let route = self.routes.iter().find(|r| r.path == req.uri().path());
-        let mut response = match route {
-            Some(route) => self.respond_by(route, web, req, peer, stats).await,
+        let found = self
+            .routes
+            .iter()
+            .find_map(|r| matches(&r.path, req.uri().path()).map(|params| (r, params)));
+        let mut response = match found {
+            Some((route, params)) => self.respond_by(route, params, web, req, peer, stats).await,
             None => {
                 if let Some(refused) = refuse_unread_body(&req) {
                     refused
@@ -145,6 +178,7 @@ impl Routes {
     async fn respond_by(
         &self,
         route: &Route,
+        params: Vec<(String, String)>,
         web: &Web,
         req: hyper::Request<Incoming>,
         peer: SocketAddr,
@@ -197,7 +231,13 @@ impl Routes {
                 }
             },
         };
-        let mut response = (route.handler)(Request { head, body, peer }).await;
+        let mut response = (route.handler)(Request {
+            head,
+            body,
+            peer,
+            params,
+        })
+        .await;
         if head_only {
             *response.body_mut() = Chunks::default();
         }
@@ -468,6 +508,11 @@ fn html(body: String) -> Response<Chunks> {
     r
 }
 
+/// The call-metrics intake's route on the webhook listener.
+pub const INTAKE_PATH: &str = "/calls/{page_id}/metrics";
+/// Largest call-metrics body accepted (the documented one is under 1 KB).
+pub const MAX_INTAKE_BYTES: u64 = 64 * 1024;
+
 /// The webhook listener's routes: `path` answers Meta's subscription check
 /// (GET) and its signed payloads (POST, up to
 /// [`webhook::MAX_BODY_BYTES`](crate::webhook::MAX_BODY_BYTES)). The route
@@ -478,9 +523,61 @@ pub fn webhooks(
     exporter: Arc<Exporter>,
     path: &str,
 ) -> Routes {
-    use crate::webhook::{Handshake, Received, RequestResult};
+    use crate::webhook::{Handshake, IntakeResult, Received, RequestResult};
     let counted = receiver.clone();
-    Routes::new().route(Route {
+    let intake = receiver.clone();
+    let intake_route = Route {
+        path: INTAKE_PATH.to_owned(),
+        methods: &[Method::POST],
+        auth: Auth::Handler,
+        body: BodyPolicy::Read {
+            limit: MAX_INTAKE_BYTES,
+        },
+        handler: handler(move |req| {
+            let receiver = intake.clone();
+            async move {
+                let page = req
+                    .params
+                    .iter()
+                    .find(|(k, _)| k == "page_id")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                let authorization = req
+                    .head
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes().to_vec());
+                match receiver.intake(page, authorization, req.body).await {
+                    IntakeResult::Accepted => plain(StatusCode::ACCEPTED, "accepted\n"),
+                    IntakeResult::Duplicate => plain(
+                        StatusCode::ACCEPTED,
+                        "already received; not recorded or sent again\n",
+                    ),
+                    IntakeResult::Unauthorized => {
+                        let mut r = plain(StatusCode::UNAUTHORIZED, "bearer token required\n");
+                        r.headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                        r
+                    }
+                    IntakeResult::UnknownPage => plain(
+                        StatusCode::NOT_FOUND,
+                        "this Page is not configured ([[pages]])\n",
+                    ),
+                    IntakeResult::Invalid(e) => {
+                        let mut r = plain(StatusCode::BAD_REQUEST, "");
+                        *r.body_mut() = Chunks::one(format!("{e}\n"));
+                        r
+                    }
+                    IntakeResult::Failed(_) => plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "not stored; send it again\n",
+                    ),
+                }
+            }
+        }),
+        body_refused: None,
+    };
+    Routes::new().route(intake_route).route(Route {
         path: path.to_owned(),
         methods: &[Method::GET, Method::POST],
         auth: Auth::Handler,

@@ -10,12 +10,12 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::{Pruned, Raw, Store, StoreError};
+use super::{OutboxItem, OutboxSummary, OutboxUpdate, Pruned, Raw, Store, StoreError};
 use crate::webhook::payload::{AlertKind, Detail};
 use crate::webhook::state::{AlertRecord, Plan, State, StatusRecord};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE raw_events (
@@ -59,6 +59,36 @@ CREATE TABLE wabas (
     waba_id TEXT PRIMARY KEY,
     last_received INTEGER NOT NULL
 );
+";
+
+/// Version 2: Messenger calls, their Pages' counts, the call-metrics outbox.
+const SCHEMA_2: &str = "
+CREATE TABLE calls (
+    page_id TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    last_seen INTEGER NOT NULL,
+    done INTEGER NOT NULL,
+    PRIMARY KEY (page_id, call_id)
+);
+CREATE TABLE pages (
+    page_id TEXT PRIMARY KEY,
+    stats TEXT NOT NULL
+);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    page_id TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    ended_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    last_result TEXT NOT NULL,
+    UNIQUE (page_id, call_id)
+);
+CREATE INDEX outbox_due ON outbox (state, next_at);
 ";
 
 /// A SQLite file.
@@ -160,9 +190,14 @@ fn migrate(conn: &Connection) -> Result<(), String> {
     match version {
         0 => conn
             .execute_batch(&format!(
-                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {SCHEMA} {SCHEMA_2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))
             .map_err(|e| format!("cannot create the schema: {e}")),
+        1 => conn
+            .execute_batch(&format!(
+                "BEGIN; {SCHEMA_2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(|e| format!("cannot migrate the schema from version 1: {e}")),
         SCHEMA_VERSION => Ok(()),
         v => Err(format!(
             "schema version {v} was written by a newer flows-exporter (this one knows {SCHEMA_VERSION})"
@@ -171,14 +206,57 @@ fn migrate(conn: &Connection) -> Result<(), String> {
 }
 
 impl Store for Sqlite {
-    fn commit(&self, raw: Raw<'_>, plan: &Plan) -> Result<(), StoreError> {
+    fn commit(&self, raw: Option<Raw<'_>>, plan: &Plan) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(fail("cannot begin"))?;
-        tx.execute(
-            "INSERT INTO raw_events (received_at, understood, body) VALUES (?1, ?2, ?3)",
-            params![raw.received_at, raw.understood, raw.body],
-        )
-        .map_err(fail("cannot store the payload"))?;
+        if let Some(raw) = raw {
+            tx.execute(
+                "INSERT INTO raw_events (received_at, understood, body) VALUES (?1, ?2, ?3)",
+                params![raw.received_at, raw.understood, raw.body],
+            )
+            .map_err(fail("cannot store the payload"))?;
+        }
+        {
+            let mut call = tx
+                .prepare_cached(
+                    "INSERT INTO calls (page_id, call_id, record, last_seen, done) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (page_id, call_id) DO UPDATE SET record = excluded.record,
+                       last_seen = excluded.last_seen, done = excluded.done",
+                )
+                .map_err(fail("calls"))?;
+            for ((page, id), record) in &plan.calls {
+                let json =
+                    serde_json::to_string(record).map_err(|e| StoreError(format!("calls: {e}")))?;
+                call.execute(params![page, id, json, record.last_seen, record.is_done()])
+                    .map_err(fail("calls"))?;
+            }
+            let mut page = tx
+                .prepare_cached(
+                    "INSERT INTO pages (page_id, stats) VALUES (?1, ?2)
+                     ON CONFLICT (page_id) DO UPDATE SET stats = excluded.stats",
+                )
+                .map_err(fail("pages"))?;
+            for (id, stats) in &plan.pages {
+                let json =
+                    serde_json::to_string(stats).map_err(|e| StoreError(format!("pages: {e}")))?;
+                page.execute(params![id, json]).map_err(fail("pages"))?;
+            }
+            if let Some(intake) = &plan.intake {
+                let body = crate::callmetrics::forward_body(&intake.metrics).to_string();
+                tx.execute(
+                    "INSERT INTO outbox (page_id, call_id, body, ended_at, received_at, state, attempts, next_at, last_result)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?5, '')",
+                    params![
+                        intake.page_id,
+                        intake.metrics.call_id,
+                        body,
+                        intake.metrics.call_ended_time,
+                        plan.received_at
+                    ],
+                )
+                .map_err(fail("outbox"))?;
+            }
+        }
         {
             let mut seen = tx
                 .prepare_cached("INSERT OR IGNORE INTO seen (key, received_at) VALUES (?1, ?2)")
@@ -333,6 +411,31 @@ impl Store for Sqlite {
         })?
         .into_iter()
         .collect();
+        for (page, id, record) in rows(
+            &conn,
+            "calls",
+            "SELECT page_id, call_id, record FROM calls",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?)),
+        )? {
+            let record = serde_json::from_str(&record)
+                .map_err(|e| StoreError(format!("calls: {page} {id}: {e}")))?;
+            state.calls.insert((page, id), record);
+        }
+        for (page, stats) in rows(&conn, "pages", "SELECT page_id, stats FROM pages", |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let stats = serde_json::from_str(&stats)
+                .map_err(|e| StoreError(format!("pages: {page}: {e}")))?;
+            state.pages.insert(page, stats);
+        }
+        state.intakes = rows(
+            &conn,
+            "outbox",
+            "SELECT page_id, call_id FROM outbox",
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .into_iter()
+        .collect();
         Ok(state)
     }
 
@@ -345,11 +448,88 @@ impl Store for Sqlite {
         let seen_keys = tx
             .execute("DELETE FROM seen WHERE received_at < ?1", [cutoff])
             .map_err(fail("cannot prune duplicate keys"))? as u64;
+        tx.execute(
+            "DELETE FROM calls WHERE done = 1 AND last_seen < ?1",
+            [cutoff],
+        )
+        .map_err(fail("cannot prune calls"))?;
+        tx.execute(
+            "DELETE FROM outbox WHERE state != 'pending' AND received_at < ?1",
+            [cutoff],
+        )
+        .map_err(fail("cannot prune the outbox"))?;
         tx.commit().map_err(fail("cannot commit the prune"))?;
         Ok(Pruned {
             raw_events,
             seen_keys,
         })
+    }
+
+    fn outbox_due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let conn = self.conn();
+        let mut q = conn
+            .prepare_cached(
+                "SELECT id, page_id, call_id, body, ended_at, attempts FROM outbox
+                 WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2",
+            )
+            .map_err(fail("outbox"))?;
+        let rows = q
+            .query_map(params![now, limit as i64], |r| {
+                Ok(OutboxItem {
+                    id: r.get(0)?,
+                    page_id: r.get(1)?,
+                    call_id: r.get(2)?,
+                    body: r.get(3)?,
+                    ended_at: r.get(4)?,
+                    attempts: r.get::<_, i64>(5)?.max(0) as u32,
+                })
+            })
+            .map_err(fail("outbox"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(fail("outbox"))
+    }
+
+    fn outbox_update(&self, id: i64, update: &OutboxUpdate) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE outbox SET state = ?2, attempts = ?3, next_at = ?4, last_result = ?5 WHERE id = ?1",
+                params![
+                    id,
+                    update.state.label(),
+                    update.attempts,
+                    update.next_at,
+                    update.result
+                ],
+            )
+            .map_err(fail("outbox"))?;
+        Ok(())
+    }
+
+    fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
+        let conn = self.conn();
+        let mut summary = OutboxSummary::default();
+        for (state, n, oldest) in rows(
+            &conn,
+            "outbox",
+            "SELECT state, count(*), min(received_at) FROM outbox GROUP BY state",
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            },
+        )? {
+            let n = n.max(0) as u64;
+            match state.as_str() {
+                "pending" => {
+                    summary.pending = n;
+                    summary.oldest_pending = oldest;
+                }
+                "done" => summary.done = n,
+                _ => summary.failed += n,
+            }
+        }
+        Ok(summary)
     }
 
     fn raw_count(&self) -> Result<u64, StoreError> {
@@ -384,11 +564,11 @@ mod tests {
             let plan = expected.plan(&parse(body).expect("parses"), 1000);
             store
                 .commit(
-                    Raw {
+                    Some(Raw {
                         received_at: 1000,
                         body,
                         understood: true,
-                    },
+                    }),
                     &plan,
                 )
                 .expect("commits");
@@ -439,7 +619,7 @@ mod tests {
                 )],
                 ..Plan::default()
             };
-            store.commit(raw, &plan).expect("commits");
+            store.commit(Some(raw), &plan).expect("commits");
         }
         let state = store.load().expect("loads");
         assert_eq!(

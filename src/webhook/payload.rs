@@ -86,6 +86,8 @@ pub enum Event {
         name: String,
         why: String,
     },
+    /// A Messenger `calls` update (object `page`).
+    Call(super::calls::CallChange),
     /// A change of a field other than `flows`: acknowledged and counted.
     NotProcessed,
 }
@@ -99,6 +101,7 @@ impl Event {
             Event::ExpiryWarning { .. } => "FLOW_VERSION_EXPIRY_WARNING",
             Event::Unknown { .. } => "unknown",
             Event::Malformed { .. } => "malformed",
+            Event::Call(c) => c.event.label(),
             Event::NotProcessed => "not_processed",
         }
     }
@@ -221,6 +224,11 @@ pub fn parse(body: &[u8]) -> Result<Payload, PayloadError> {
                         changes.push(change(&id, time, c));
                     }
                 }
+                ("calls", Value::Array(list)) => {
+                    for c in list {
+                        changes.push(call_change(&id, time, c));
+                    }
+                }
                 (field, Value::Array(list)) => other.push((field_label(field), list.len())),
                 _ => {}
             }
@@ -263,6 +271,27 @@ fn change(waba: &str, time: Option<i64>, raw: &Value) -> Change {
         Event::NotProcessed
     };
     Change { field, key, event }
+}
+
+/// One update of Messenger's `entry[].calls[]`.
+fn call_change(page: &str, time: Option<i64>, raw: &Value) -> Change {
+    let key = change_key(page, time, raw);
+    let event = match super::calls::parse(raw) {
+        Ok(c) => Event::Call(c),
+        Err(why) => Event::Malformed {
+            name: raw
+                .get("event")
+                .and_then(Value::as_str)
+                .map(|s| cut(s).to_owned())
+                .unwrap_or_default(),
+            why,
+        },
+    };
+    Change {
+        field: "calls".to_owned(),
+        key,
+        event,
+    }
 }
 
 /// SHA-256 over the WABA id, the time and the canonical JSON of the change

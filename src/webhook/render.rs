@@ -171,5 +171,142 @@ pub fn render(state: &State) -> String {
         last.gauge(&[("waba_id", waba.as_str())], *at as f64);
     }
     emit(last);
+    render_calls(state, &mut emit);
     out
+}
+
+/// The Messenger calling series: lifecycle from the `calls` webhooks,
+/// quality from the call-metrics intake.
+fn render_calls(state: &State, emit: &mut impl FnMut(Family)) {
+    use super::calls::{ANSWER_DELAY_BUCKETS, DURATION_BUCKETS, Hist};
+    use crate::callmetrics::{
+        FIRST_AUDIO_BUCKETS, JITTER_BUCKETS, JITTER_BUFFER_BUCKETS, RATIO_BUCKETS,
+    };
+    let counter = |name: &str, help: &str| Family::new(name, help, MetricType::COUNTER);
+    let histogram = |name: &str, help: &str| Family::new(name, help, MetricType::HISTOGRAM);
+    let mut started = counter(
+        "messenger_calls_started_total",
+        "Calls connected (a `connect` webhook), by direction; each call once.",
+    );
+    let mut status = counter(
+        "messenger_call_status_total",
+        "`call_status` webhooks by status (ringing, accepted); each call and status once.",
+    );
+    let mut ended = counter(
+        "messenger_calls_ended_total",
+        "Calls terminated (a `terminate` webhook), by direction and status (completed, failed); each call once. direction=\"unknown\": the call aged out without its `connect`.",
+    );
+    let mut duration = histogram(
+        "messenger_call_duration_seconds",
+        "Duration of terminated calls as Meta reports it (from when the business connected); calls the business never connected have none.",
+    );
+    let mut answer = histogram(
+        "messenger_call_answer_delay_seconds",
+        "Time from a call's `connect` to its `call_status` accepted.",
+    );
+    let mut active = Family::new(
+        "messenger_calls_active",
+        "Calls connected and not yet terminated (a call with no `terminate` ages out after webhooks.call_timeout).",
+        MetricType::GAUGE,
+    );
+    let mut media = counter(
+        "messenger_call_media_updates_total",
+        "`media_update` webhooks (SDP renegotiations).",
+    );
+    let mut aged = counter(
+        "messenger_calls_aged_out_total",
+        "Calls that had no `terminate` within webhooks.call_timeout and stopped counting as active.",
+    );
+    let mut jitter = histogram(
+        "messenger_call_audio_jitter_seconds",
+        "Inbound audio jitter of each call, from the call-metrics intake.",
+    );
+    let mut loss = histogram(
+        "messenger_call_audio_packet_loss_ratio",
+        "Inbound audio packets lost / (lost + received) of each call.",
+    );
+    let mut jbd = histogram(
+        "messenger_call_audio_jitter_buffer_delay_seconds",
+        "Average time an audio sample waited in the jitter buffer: jitterBufferDelay / (totalSamplesDuration x 48000).",
+    );
+    let mut concealed = histogram(
+        "messenger_call_audio_concealed_samples_ratio",
+        "Concealed audio samples / samples received, the received samples estimated as totalSamplesDuration x 48000 (at most 1).",
+    );
+    let mut first_audio = histogram(
+        "messenger_call_first_audio_delay_seconds",
+        "First audio packet received minus the call's `connect` timestamp (when the webhook was seen).",
+    );
+    let mut reasons = counter(
+        "messenger_call_end_reasons_total",
+        "Calls by end_call_reason, from the call-metrics intake.",
+    );
+    let mut active_by_page: std::collections::BTreeMap<&str, u64> =
+        state.pages.keys().map(|p| (p.as_str(), 0)).collect();
+    for ((page, _), record) in &state.calls {
+        if record.is_active() {
+            *active_by_page.entry(page.as_str()).or_default() += 1;
+        }
+    }
+    for (page, n) in &active_by_page {
+        active.gauge(&[("page_id", page)], *n as f64);
+    }
+    let hist = |f: &mut Family, labels: &[(&str, &str)], bounds: &[f64], h: &Hist| {
+        f.histogram_sum(labels, &h.cumulative(bounds), h.count, h.sum);
+    };
+    for (page, s) in &state.pages {
+        let p = ("page_id", page.as_str());
+        for (d, n) in &s.started {
+            started.counter(&[p, ("direction", d)], *n as f64);
+        }
+        for (st, n) in &s.status {
+            status.counter(&[p, ("status", st)], *n as f64);
+        }
+        for ((d, st), n) in &s.ended {
+            ended.counter(&[p, ("direction", d), ("status", st)], *n as f64);
+        }
+        for (d, h) in &s.duration {
+            hist(&mut duration, &[p, ("direction", d)], &DURATION_BUCKETS, h);
+        }
+        hist(&mut answer, &[p], &ANSWER_DELAY_BUCKETS, &s.answer_delay);
+        media.counter(&[p], s.media_updates as f64);
+        aged.counter(&[p], s.aged_out as f64);
+        let q = &s.quality;
+        hist(&mut jitter, &[p], &JITTER_BUCKETS, &q.jitter);
+        hist(&mut loss, &[p], &RATIO_BUCKETS, &q.packet_loss);
+        hist(
+            &mut jbd,
+            &[p],
+            &JITTER_BUFFER_BUCKETS,
+            &q.jitter_buffer_delay,
+        );
+        hist(&mut concealed, &[p], &RATIO_BUCKETS, &q.concealed);
+        hist(
+            &mut first_audio,
+            &[p],
+            &FIRST_AUDIO_BUCKETS,
+            &q.first_audio_delay,
+        );
+        for (r, n) in &q.end_reasons {
+            reasons.counter(&[p, ("reason", r)], *n as f64);
+        }
+    }
+    for f in [
+        started,
+        status,
+        ended,
+        duration,
+        answer,
+        active,
+        media,
+        aged,
+        jitter,
+        loss,
+        jbd,
+        concealed,
+        first_audio,
+        reasons,
+    ] {
+        emit(f);
+    }
 }

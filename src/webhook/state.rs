@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::calls::{self, CallRecord, PageStats};
 use super::payload::{Alert, AlertKind, Change, Detail, Event, Payload};
 
 /// The alert in force for one flow and kind.
@@ -47,6 +48,13 @@ pub struct State {
     pub last_received: BTreeMap<String, i64>,
     /// Keys of the changes applied, with when they came: the duplicate memory.
     pub seen: HashMap<String, i64>,
+    /// Messenger calls by (Page, call id), until done and past the retention.
+    pub calls: BTreeMap<(String, String), CallRecord>,
+    /// Counts per Page (calls and call quality).
+    pub pages: BTreeMap<String, PageStats>,
+    /// Call-metrics intakes received, by (Page, call id): each is recorded
+    /// and relayed once.
+    pub intakes: std::collections::BTreeSet<(String, String)>,
 }
 
 /// What one payload changes, decided by [`State::plan`].
@@ -65,7 +73,20 @@ pub struct Plan {
     pub expiry_warnings: Vec<String>,
     /// WABAs this payload was for.
     pub wabas: Vec<String>,
+    /// Calls as they are after this plan (new values of the ones it touches).
+    pub calls: BTreeMap<(String, String), CallRecord>,
+    /// Pages' counts after this plan (new values of the ones it touches).
+    pub pages: BTreeMap<String, PageStats>,
+    /// A call-metrics intake to record and relay.
+    pub intake: Option<Intake>,
     pub tally: Tally,
+}
+
+/// An accepted call-metrics post.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intake {
+    pub page_id: String,
+    pub metrics: crate::callmetrics::CallMetrics,
 }
 
 /// What the self-metrics count of one payload.
@@ -90,7 +111,11 @@ pub const WABA_OBJECT: &str = "whatsapp_business_account";
 impl Plan {
     /// Whether writing it changes anything but the raw log.
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty() && self.wabas.is_empty()
+        self.seen.is_empty()
+            && self.wabas.is_empty()
+            && self.calls.is_empty()
+            && self.pages.is_empty()
+            && self.intake.is_none()
     }
 }
 
@@ -118,13 +143,14 @@ impl State {
             }
             let time = entry.time.unwrap_or(received_at);
             for change in &entry.changes {
-                self.plan_change(&mut plan, change, time);
+                self.plan_change(&mut plan, change, time, &entry.id);
             }
         }
         plan
     }
 
-    fn plan_change(&self, plan: &mut Plan, change: &Change, time: i64) {
+    /// `owner`: the entry's id (a WABA, or for `calls` a Page).
+    fn plan_change(&self, plan: &mut Plan, change: &Change, time: i64, owner: &str) {
         if let Event::NotProcessed = change.event {
             plan.tally
                 .events
@@ -171,8 +197,78 @@ impl State {
             Event::Malformed { name, why } => {
                 plan.tally.malformed.push(format!("{name}: {why}"));
             }
+            Event::Call(call) => {
+                // Calls are keyed by the entry's id, the Page.
+                let page = owner.to_owned();
+                let key = (page.clone(), call.call_id.clone());
+                let mut record = plan
+                    .calls
+                    .get(&key)
+                    .or_else(|| self.calls.get(&key))
+                    .cloned()
+                    .unwrap_or_default();
+                let mut stats = self.page_stats(plan, &page);
+                calls::apply(&mut record, &mut stats, call, plan.received_at);
+                plan.calls.insert(key, record);
+                plan.pages.insert(page, stats);
+            }
             Event::NotProcessed => {}
         }
+    }
+
+    /// The Page's counts as the plan has them so far.
+    fn page_stats(&self, plan: &Plan, page: &str) -> PageStats {
+        plan.pages
+            .get(page)
+            .or_else(|| self.pages.get(page))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Ages out the calls last seen before `cutoff` (see [`calls::age_out`]).
+    pub fn plan_aging(&self, now: i64, cutoff: i64) -> Plan {
+        let mut plan = Plan {
+            received_at: now,
+            ..Plan::default()
+        };
+        for ((page, call), record) in &self.calls {
+            if record.last_seen >= cutoff || record.is_done() {
+                continue;
+            }
+            let mut record = record.clone();
+            let mut stats = self.page_stats(&plan, page);
+            if calls::age_out(&mut record, &mut stats, cutoff) {
+                plan.calls.insert((page.clone(), call.clone()), record);
+                plan.pages.insert(page.clone(), stats);
+            }
+        }
+        plan
+    }
+
+    /// Plans an accepted call-metrics intake: its quality figures counted
+    /// (with the first-audio delay when the call's `connect` was seen).
+    pub fn plan_intake(
+        &self,
+        page_id: &str,
+        metrics: crate::callmetrics::CallMetrics,
+        now: i64,
+    ) -> Plan {
+        let mut plan = Plan {
+            received_at: now,
+            ..Plan::default()
+        };
+        let connected_at = self
+            .calls
+            .get(&(page_id.to_owned(), metrics.call_id.clone()))
+            .and_then(|r| r.connected_at);
+        let mut stats = self.page_stats(&plan, page_id);
+        stats.quality.record(&metrics, connected_at);
+        plan.pages.insert(page_id.to_owned(), stats);
+        plan.intake = Some(Intake {
+            page_id: page_id.to_owned(),
+            metrics,
+        });
+        plan
     }
 
     fn plan_alert(&self, plan: &mut Plan, alert: &Alert, time: i64) {
@@ -223,6 +319,22 @@ impl State {
         for waba in &plan.wabas {
             self.last_received.insert(waba.clone(), plan.received_at);
         }
+        for (key, record) in &plan.calls {
+            self.calls.insert(key.clone(), record.clone());
+        }
+        for (page, stats) in &plan.pages {
+            self.pages.insert(page.clone(), stats.clone());
+        }
+        if let Some(intake) = &plan.intake {
+            self.intakes
+                .insert((intake.page_id.clone(), intake.metrics.call_id.clone()));
+        }
+    }
+
+    /// Forgets calls that are done and were last seen before `cutoff`.
+    pub fn forget_calls_before(&mut self, cutoff: i64) {
+        self.calls
+            .retain(|_, r| !(r.is_done() && r.last_seen < cutoff));
     }
 
     /// Forgets the keys of changes received before `cutoff` (the retention).

@@ -2,6 +2,7 @@
 //! checked through its public surface (Graph JSON in, exposition text out).
 
 mod backfill;
+mod calls;
 mod config;
 mod dashboards;
 mod discovery;

@@ -66,11 +66,7 @@ schedule = "0 0 0 1 1 *"
         .expect("bind");
     let hooks_url = format!("http://{}/webhooks", hooks.local_addr().expect("addr"));
     let receiver = Receiver::new(
-        Settings {
-            secrets: AppSecrets::parse(HOOK_SECRET).expect("secret"),
-            verify_token: None,
-            retention: Duration::from_secs(86400),
-        },
+        Settings::new(AppSecrets::parse(HOOK_SECRET).expect("secret")),
         Arc::new(Sqlite::temporary().expect("store")),
         Clock::system(),
     )
@@ -85,6 +81,7 @@ schedule = "0 0 0 1 1 *"
             receiver,
             web: Arc::new(flows_exporter::web::WebConfig::default()),
             path: "/webhooks".into(),
+            relay: None,
         }),
         stop.clone(),
     ));

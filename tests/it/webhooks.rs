@@ -26,6 +26,8 @@ use crate::support::*;
 const SECRET_A: &str = "app-secret-one-4f1c";
 const SECRET_B: &str = "app-secret-two-9d2e";
 const VERIFY: &str = "verify-me-7781";
+const INTAKE: &str = "intake-bearer-5521";
+const PAGE: &str = "106378625516323";
 /// `entry.time` of the tests' events: the pinned clock's now.
 fn t0() -> i64 {
     now().timestamp()
@@ -60,9 +62,12 @@ impl Hooks {
         let ex = Exporter::new(config, Secret::new(TOKEN), clock_fn.clone()).expect("exporter");
         let receiver = Receiver::new(
             Settings {
-                secrets: AppSecrets::parse(&format!("{SECRET_A},{SECRET_B}")).expect("secrets"),
                 verify_token: Some(Secret::new(VERIFY)),
-                retention: Duration::from_secs(30 * 86400),
+                intake_token: Some(Secret::new(INTAKE)),
+                pages: [PAGE.to_owned()].into(),
+                ..Settings::new(
+                    AppSecrets::parse(&format!("{SECRET_A},{SECRET_B}")).expect("secrets"),
+                )
             },
             Arc::new(Sqlite::open(db).expect("store")),
             clock_fn,
@@ -83,6 +88,7 @@ impl Hooks {
                 receiver: receiver.clone(),
                 web: Arc::new(WebConfig::default()),
                 path: "/webhooks".into(),
+                relay: None,
             }),
             stop.clone(),
         ));
@@ -746,7 +752,7 @@ struct FailingDisk {
 impl flows_exporter::store::Store for FailingDisk {
     fn commit(
         &self,
-        raw: flows_exporter::store::Raw<'_>,
+        raw: Option<flows_exporter::store::Raw<'_>>,
         plan: &flows_exporter::webhook::state::Plan,
     ) -> Result<(), flows_exporter::store::StoreError> {
         if self.broken.load(Ordering::SeqCst) {
@@ -768,6 +774,25 @@ impl flows_exporter::store::Store for FailingDisk {
     fn raw_count(&self) -> Result<u64, flows_exporter::store::StoreError> {
         self.inner.raw_count()
     }
+    fn outbox_due(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<flows_exporter::store::OutboxItem>, flows_exporter::store::StoreError> {
+        self.inner.outbox_due(now, limit)
+    }
+    fn outbox_update(
+        &self,
+        id: i64,
+        update: &flows_exporter::store::OutboxUpdate,
+    ) -> Result<(), flows_exporter::store::StoreError> {
+        self.inner.outbox_update(id, update)
+    }
+    fn outbox_summary(
+        &self,
+    ) -> Result<flows_exporter::store::OutboxSummary, flows_exporter::store::StoreError> {
+        self.inner.outbox_summary()
+    }
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -783,11 +808,7 @@ async fn a_store_that_cannot_write_answers_500_and_changes_nothing() {
         broken: std::sync::atomic::AtomicBool::new(true),
     });
     let receiver = Receiver::new(
-        Settings {
-            secrets: AppSecrets::parse(SECRET_A).expect("secret"),
-            verify_token: None,
-            retention: Duration::from_secs(86400),
-        },
+        Settings::new(AppSecrets::parse(SECRET_A).expect("secret")),
         store.clone(),
         Clock::fixed(now()),
     )
