@@ -339,7 +339,7 @@ impl Sandbox {
     pub async fn accept_call(&self, call_id: &str) -> bool {
         let now = self.inner.clock.now().timestamp();
         let (webhook, target) = {
-            let state = self.state();
+            let mut state = self.state();
             (
                 state.calling.accept(call_id, now),
                 state.webhook_target.clone(),

@@ -55,7 +55,9 @@ impl Business {
         }
     }
 
-    async fn one_call(&self, http: &reqwest::Client, sandbox: &Sandbox, clock: &Clock, n: u64) {
+    /// Call number `n`: placed, picked up (unless `n` is a multiple of
+    /// five), ended a few seconds later, its metrics posted to the intake.
+    pub async fn one_call(&self, http: &reqwest::Client, sandbox: &Sandbox, clock: &Clock, n: u64) {
         let calls = format!("{}/{}/calls", self.graph, self.page_id);
         let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
         let connect = json!({"platform": "messenger", "to": format!("52758117024{:05}", n % 100_000),

@@ -15,6 +15,8 @@ pub struct SandboxCall {
     pub page_id: String,
     pub to: String,
     pub connected_at: i64,
+    /// When the consumer picked up.
+    pub accepted_at: Option<i64>,
     /// Unix seconds; `None` while in progress.
     pub ended_at: Option<i64>,
 }
@@ -101,6 +103,7 @@ impl Calling {
                         page_id: page_id.to_owned(),
                         to: to.to_owned(),
                         connected_at: now,
+                        accepted_at: None,
                         ended_at: None,
                     },
                 );
@@ -138,16 +141,20 @@ impl Calling {
                     return error(400, 100, "Call already terminated");
                 }
                 call.ended_at = Some(now);
-                let duration = now - call.connected_at;
+                // A call the consumer never picked up failed, and has no
+                // duration (the business never connected).
+                let (status, duration) = match call.accepted_at {
+                    Some(at) => ("Completed", json!(now - at)),
+                    None => ("Failed", json!("")),
+                };
                 Answer {
                     status: 200,
                     body: json!({"success": true}).to_string(),
                     webhooks: vec![calls_webhook(
                         page_id,
                         now,
-                        json!({"id": id, "event": "terminate",
-                        "timestamp": now, "status": "Completed", "start_time": call.connected_at,
-                        "end_time": now, "duration": duration}),
+                        json!({"id": id, "event": "terminate", "timestamp": now, "status": status,
+                            "start_time": call.connected_at, "end_time": now, "duration": duration}),
                     )],
                 }
             }
@@ -160,8 +167,12 @@ impl Calling {
     }
 
     /// The consumer picks up: the `accepted` webhook of a call the sandbox placed.
-    pub fn accept(&self, call_id: &str, now: i64) -> Option<String> {
-        let call = self.calls.get(call_id)?;
+    pub fn accept(&mut self, call_id: &str, now: i64) -> Option<String> {
+        let call = self
+            .calls
+            .get_mut(call_id)
+            .filter(|c| c.ended_at.is_none())?;
+        call.accepted_at.get_or_insert(now);
         Some(calls_webhook(
             &call.page_id,
             now,

@@ -559,6 +559,20 @@ async fn the_relay_sends_once_and_handles_every_documented_answer() {
         Some(1.0)
     );
 
+    // A call the consumer never picks up fails, without a duration.
+    let unanswered = c.place_call().await;
+    c.end_call(&unanswered).await;
+    let text = c.metrics().await;
+    assert_eq!(
+        v(
+            &text,
+            &format!(
+                "messenger_calls_ended_total{{page_id=\"{p}\",direction=\"business_initiated\",status=\"failed\"}}"
+            )
+        ),
+        Some(1.0)
+    );
+
     // Meta's documented errors, one call each.
     let ended = c.clock.load(Ordering::SeqCst);
     let cases: [(&str, u16, &str, RelayResult); 6] = [

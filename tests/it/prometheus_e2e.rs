@@ -29,6 +29,8 @@ use crate::support::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 const HOOK_SECRET: &str = "e2e-app-secret";
+const INTAKE: &str = "e2e-intake-token";
+const PAGE: &str = "106378625516323";
 
 /// The alert proven live.
 const LIVE_ALERT: &str = "WhatsAppFlowsTokenInvalid";
@@ -66,11 +68,25 @@ schedule = "0 0 0 1 1 *"
         .expect("bind");
     let hooks_url = format!("http://{}/webhooks", hooks.local_addr().expect("addr"));
     let receiver = Receiver::new(
-        Settings::new(AppSecrets::parse(HOOK_SECRET).expect("secret")),
+        Settings {
+            intake_token: Some(Secret::new(INTAKE)),
+            pages: [PAGE.to_owned()].into(),
+            ..Settings::new(AppSecrets::parse(HOOK_SECRET).expect("secret"))
+        },
         Arc::new(Sqlite::temporary().expect("store")),
         Clock::system(),
     )
     .expect("receiver");
+    // Messenger calls: the sandbox places them and sends their webhooks; the
+    // relay sends their metrics back to it.
+    sb.sandbox.add_page(PAGE);
+    sb.sandbox.set_webhook_target(&hooks_url, HOOK_SECRET);
+    let relay = flows_exporter::relay::Relay::new(
+        receiver.clone(),
+        &ex.config().graph,
+        [(PAGE.to_owned(), Secret::new(TOKEN))].into(),
+    )
+    .expect("relay");
     let run = tokio::spawn(flows_exporter::app::run_with(
         ex.clone(),
         vec![listener],
@@ -81,7 +97,7 @@ schedule = "0 0 0 1 1 *"
             receiver,
             web: Arc::new(flows_exporter::web::WebConfig::default()),
             path: "/webhooks".into(),
-            relay: None,
+            relay: Some(relay),
         }),
         stop.clone(),
     ));
@@ -119,6 +135,18 @@ schedule = "0 0 0 1 1 *"
     post_webhooks(&sb.sandbox, &hooks_url).await;
     prom.wait_for("whatsapp_flows_webhook_latency_p90_seconds", WAIT)
         .await;
+    // Two rounds of calls with scrapes between, so rates have something.
+    for round in 0..2 {
+        place_calls(&sb, &hooks_url, round).await;
+        prom.wait_for(
+            &format!(
+                r#"sum(messenger_call_metrics_forwarded_total{{result="sent"}}) >= {}"#,
+                5 * (round + 1)
+            ),
+            WAIT,
+        )
+        .await;
+    }
 
     check_target_and_exposition(&prom, &exporter_addr).await;
     check_rules_evaluate(&prom).await;
@@ -156,6 +184,23 @@ async fn post_webhooks(sandbox: &Sandbox, url: &str) {
         );
         assert_eq!(meta.post(&body).await.expect("post"), 200);
     }
+}
+
+/// Five calls at once through the sandbox's calling API as the demo's
+/// business places them (one the consumer never picks up, which fails), each
+/// with its metrics posted to the intake.
+async fn place_calls(sb: &RunningSandbox, hooks_url: &str, round: u64) {
+    let business = flows_exporter::sandbox::business::Business {
+        graph: format!("{}/v23.0", sb.base_url),
+        token: TOKEN.to_owned(),
+        page_id: PAGE.to_owned(),
+        intake: hooks_url.replace("/webhooks", &format!("/calls/{PAGE}/metrics")),
+        intake_token: INTAKE.to_owned(),
+    };
+    let client = http();
+    let clock = Clock::system();
+    let calls = (1..=5).map(|n| business.one_call(&client, &sb.sandbox, &clock, round * 5 + n));
+    futures_util::future::join_all(calls).await;
 }
 
 /// A latency alert Meta raised an hour ago and never cleared fires
