@@ -321,6 +321,20 @@ fn run(command: Command, progress: Option<Arc<Progress>>) -> anyhow::Result<Done
                         }
                         None => "no verify token: subscription checks refused",
                     };
+                    for page in &cfg.pages {
+                        page.token
+                            .load()
+                            .map_err(|e| anyhow::anyhow!("{path}: {e} (serve needs it)"))?;
+                    }
+                    let intake = match &w.intake_token {
+                        Some(source) => {
+                            source
+                                .load()
+                                .map_err(|e| anyhow::anyhow!("{path}: {e} (serve needs it)"))?;
+                            "an intake token"
+                        }
+                        None => "no intake token",
+                    };
                     if let Some(p) = &w.web_config_file {
                         flows_exporter::web::WebConfig::load(p).map_err(|e| {
                             anyhow::anyhow!(
@@ -330,9 +344,10 @@ fn run(command: Command, progress: Option<Arc<Progress>>) -> anyhow::Result<Done
                         })?;
                     }
                     format!(
-                        "webhooks on {}{} ({n} app secret(s), {verify}), storage {}",
+                        "webhooks on {}{} ({n} app secret(s), {verify}), {} Page(s) with {intake}, storage {}",
                         w.listen,
                         w.path,
+                        cfg.pages.len(),
                         cfg.storage.path.display()
                     )
                 }

@@ -247,6 +247,13 @@ pub fn webhook_payload(data: &[u8]) {
     let after = state.clone();
     let second = state.plan(&p, 1_001);
     assert!(second.seen.is_empty() && second.alerts.is_empty() && second.statuses.is_empty());
+    assert!(second.calls.is_empty() && second.pages.is_empty());
+    // Every call counted at most once per event kind.
+    for stats in state.pages.values() {
+        let calls = state.calls.len() as u64;
+        assert!(stats.started.values().sum::<u64>() <= calls);
+        assert!(stats.ended.values().sum::<u64>() <= calls);
+    }
     assert_eq!(
         second.tally.duplicates as usize,
         first.seen.len() + first.tally.duplicates as usize
@@ -289,4 +296,49 @@ pub fn webhook_signature(data: &[u8]) {
         changed[0] = first.wrapping_add(1);
         assert!(secrets.verify(Some(made.as_bytes()), &changed).is_err());
     }
+}
+
+/// A call-metrics intake body: when it is accepted, its texts are bounded,
+/// every figure is finite and not negative, the quality ratios are within
+/// 0..1, and the body forwarded to Meta reads back as the same call.
+pub fn call_metrics_intake(data: &[u8]) {
+    use flows_exporter::callmetrics::{self, MAX_TEXT};
+    let Ok(m) = callmetrics::parse_intake(data) else {
+        return;
+    };
+    assert!(!m.call_id.is_empty() && m.call_id.len() <= MAX_TEXT);
+    assert!(m.end_call_subreason.len() <= MAX_TEXT);
+    assert!(m.call_ended_time > 0);
+    let a = &m.audio;
+    for x in [
+        a.jitter,
+        a.round_trip_time,
+        a.jitter_buffer_delay,
+        a.total_samples_duration,
+    ] {
+        assert!(x.is_finite() && x >= 0.0, "{x}");
+    }
+    let q = callmetrics::quality(a);
+    for r in [q.packet_loss, q.concealed].into_iter().flatten() {
+        assert!((0.0..=1.0).contains(&r), "{r}");
+    }
+    if let Some(d) = q.jitter_buffer_delay {
+        assert!(d.is_finite() && d >= 0.0);
+    }
+    let forwarded = callmetrics::forward_body(&m).to_string();
+    let back =
+        callmetrics::parse_intake(forwarded.as_bytes()).expect("the forwarded body reads back");
+    assert_eq!(back.call_id, m.call_id);
+    assert_eq!(back.end_call_reason, m.end_call_reason);
+    assert_eq!(back.call_ended_time, m.call_ended_time);
+    assert_eq!(back.audio.packets_received, m.audio.packets_received);
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(1.0);
+    assert!(close(
+        back.audio.jitter_buffer_delay,
+        m.audio.jitter_buffer_delay
+    ));
+    assert!(close(
+        back.audio.total_samples_duration,
+        m.audio.total_samples_duration
+    ));
 }

@@ -190,8 +190,60 @@ fn the_shipped_webhooks_example_is_checked_like_serve_reads_it() {
     );
     assert!(ok, "{stdout}{stderr}");
     assert!(
-        stdout.contains("webhooks on 127.0.0.1:9879/webhooks (2 app secret(s), no verify token"),
+        stdout.contains("webhooks on 127.0.0.1:9879/webhooks (2 app secret(s), no verify token: subscription checks refused), 0 Page(s)"),
         "{stdout}"
     );
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
+}
+
+/// `[[pages]]` need their token and the webhook receiver; errors name the key.
+#[test]
+fn pages_are_checked_like_wabas() {
+    let base = "[[wabas]]\nid = \"1\"\n";
+    let hooks = "[webhooks]\nlisten = \"127.0.0.1:9879\"\n";
+    for (extra, key) in [
+        ("[[pages]]\nid = \"2\"\naccess_token_env = \"P\"\n", "pages"),
+        (
+            "[webhooks]\nlisten = \"127.0.0.1:9879\"\n[[pages]]\nid = \"2\"\n",
+            "pages[0].access_token_env",
+        ),
+        (
+            "[webhooks]\nlisten = \"127.0.0.1:9879\"\n[[pages]]\nid = \"x2\"\naccess_token_env = \"P\"\n",
+            "pages[0].id",
+        ),
+        (
+            "[webhooks]\nlisten = \"127.0.0.1:9879\"\n[[pages]]\nid = \"2\"\naccess_token_env = \"P\"\n[[pages]]\nid = \"2\"\naccess_token_env = \"Q\"\n",
+            "pages[1].id",
+        ),
+        (
+            "[webhooks]\nlisten = \"127.0.0.1:9879\"\ncall_timeout = \"5s\"\n",
+            "webhooks.call_timeout",
+        ),
+    ] {
+        let e = flows_exporter::config::Config::parse(&format!("{base}{extra}")).expect_err(extra);
+        assert_eq!(e.key, key, "{extra}: {e}");
+    }
+    let text =
+        format!("{base}{hooks}[[pages]]\nid = \"2\"\naccess_token_env = \"PAGE_TWO_TOKEN\"\n");
+    let (ok, _, stderr) = check_config_env(
+        &text,
+        Some("EAAx"),
+        &[("META_APP_SECRET", Some("s")), ("PAGE_TWO_TOKEN", None)],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("pages[0].access_token_env"), "{stderr}");
+    let (ok, stdout, stderr) = check_config_env(
+        &text,
+        Some("EAAx"),
+        &[
+            ("META_APP_SECRET", Some("s")),
+            ("PAGE_TWO_TOKEN", Some("EAApage")),
+            ("CALL_METRICS_INTAKE_TOKEN", Some("bearer")),
+        ],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("1 Page(s) with an intake token"),
+        "{stdout}"
+    );
 }

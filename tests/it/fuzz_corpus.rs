@@ -57,3 +57,8 @@ fn webhook_payload_corpus() {
 fn webhook_signature_corpus() {
     check_corpus("webhook_signature", checks::webhook_signature);
 }
+
+#[test]
+fn call_metrics_intake_corpus() {
+    check_corpus("call_metrics_intake", checks::call_metrics_intake);
+}

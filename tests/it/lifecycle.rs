@@ -154,6 +154,16 @@ async fn demo_serves_realistic_metrics_and_stops_on_sigterm() {
         Some(0.0)
     );
     assert!(!samples(&text, "whatsapp_flows_webhook_latency_p90_seconds{").is_empty());
+    // The simulated business's first call: placed, ended, its metrics taken
+    // in and relayed to the sandbox's call_metrics.
+    let text = metrics_until(&base, "the demo's first relayed call", |t| {
+        samples(t, "messenger_call_metrics_forwarded_total{")
+            .iter()
+            .any(|l| l.contains("result=\"sent\""))
+    })
+    .await;
+    assert!(!samples(&text, "messenger_calls_started_total{").is_empty());
+    assert!(!samples(&text, "messenger_calls_ended_total{").is_empty());
     assert!(
         samples(&text, "whatsapp_flows_flow_info{").len() >= 8,
         "demo flows: {text}"
