@@ -319,6 +319,11 @@ impl Sandbox {
             .push((status, body.to_owned()));
     }
 
+    /// How many `call_metrics` posts came, whatever their answer.
+    pub fn call_metrics_posts(&self) -> u64 {
+        self.state().calling.posts
+    }
+
     /// The call_metrics bodies the sandbox accepted, in order.
     pub fn received_call_metrics(&self) -> Vec<serde_json::Value> {
         self.state().calling.received_metrics.clone()

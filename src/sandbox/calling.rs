@@ -35,6 +35,8 @@ pub struct Calling {
     pub received_metrics: Vec<Value>,
     /// The next `call_metrics` posts answer this instead (status, body), once each.
     pub injected: Vec<(u16, String)>,
+    /// `call_metrics` posts received, whatever their answer.
+    pub posts: u64,
     serial: u64,
 }
 
@@ -183,6 +185,7 @@ impl Calling {
 
     /// `POST /{page_id}/call_metrics`, with Meta's documented errors.
     pub fn call_metrics(&mut self, page_id: &str, body: &Value, now: i64) -> Answer {
+        self.posts += 1;
         if let Some((status, body)) = (!self.injected.is_empty()).then(|| self.injected.remove(0)) {
             return Answer {
                 status,

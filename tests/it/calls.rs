@@ -647,7 +647,7 @@ async fn the_relay_sends_once_and_handles_every_documented_answer() {
     );
 
     // The 24-hour cut-off: an item whose call ended a day ago is never sent.
-    let before = c.sandbox.sandbox.request_count();
+    let before = c.sandbox.sandbox.call_metrics_posts();
     let now_s = c.clock.load(Ordering::SeqCst);
     assert_eq!(
         c.intake(
@@ -667,7 +667,7 @@ async fn the_relay_sends_once_and_handles_every_documented_answer() {
         1
     );
     assert_eq!(
-        c.sandbox.sandbox.request_count(),
+        c.sandbox.sandbox.call_metrics_posts(),
         before,
         "nothing sent to Graph"
     );
