@@ -464,7 +464,7 @@ pub async fn serve(config: Config, web: WebConfig, listen: Listen) -> anyhow::Re
     for note in &config.deprecated {
         warn!(config = ?config.path, "{note}");
     }
-    info!(address = %addresses.join(","), metrics_path = %listen.metrics_path, wabas = config.wabas.len(), static_flows = config.flows.len(), config = ?config.path, web_config = ?web.path(), tls = web.current().is_tls(), basic_auth_users = web.current().users(), version = crate::version::VERSION, revision = crate::version::REVISION, "serving /metrics");
+    info!(address = %addresses.join(","), metrics_path = %listen.metrics_path, wabas = config.wabas.len(), shard = %config.shard, wabas_in_shard = config.owned_wabas().len(), static_flows = config.flows.len(), config = ?config.path, web_config = ?web.path(), tls = web.current().is_tls(), basic_auth_users = web.current().users(), version = crate::version::VERSION, revision = crate::version::REVISION, "serving /metrics");
     let webhooks = open_webhooks(&config).await?;
     let exporter = Exporter::new(config, token, Clock::system())?;
     let shutdown = CancellationToken::new();

@@ -398,8 +398,9 @@ pub async fn run(
     let client = Arc::new(GraphClient::new(config, token, telemetry.clone())?);
 
     // The flows, as the live exporter finds them.
-    let mut results = Vec::with_capacity(config.wabas.len());
-    for waba in &config.wabas {
+    let wabas = config.owned_wabas();
+    let mut results = Vec::with_capacity(wabas.len());
+    for waba in &wabas {
         let listing = client
             .list_flows(waba)
             .await
@@ -413,7 +414,7 @@ pub async fn run(
         results.push((waba.clone(), Ok(listing)));
     }
     let mut snapshot = Snapshot::default();
-    snapshot.apply_discovery(&config.flows, results, now);
+    snapshot.apply_discovery(&config.owned_flows(), results, now);
     // (flow id, WABA id): calls count against the flow's WABA's budget.
     let flows: Vec<(String, String)> = snapshot
         .polled_flows()

@@ -131,6 +131,11 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Messenger Pages (`[[pages]]`).
     pub pages: Vec<PageConfig>,
+    /// This replica's shard (`[cluster]`, or `--shard.index`/`--shard.total`,
+    /// which win); it polls only the WABAs (and static flows) of its shard.
+    pub shard: crate::shard::Shard,
+    /// What `[cluster]` in the file says (the flags may have overridden it).
+    pub shard_in_file: crate::shard::Shard,
     /// Deprecated keys the file used, with what to write instead; they still
     /// work. `serve` and a reload log them, `check-config` prints them.
     pub deprecated: Vec<String>,
@@ -310,6 +315,9 @@ pub struct GraphConfig {
 pub struct StaticFlow {
     pub id: String,
     pub name: Option<String>,
+    /// Its WABA, when the config says (`waba`): the flow then goes to that
+    /// WABA's shard.
+    pub waba_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,6 +348,25 @@ impl Config {
             err(key, e.into_inner().message().trim().to_owned())
         })?;
         raw.validate()
+    }
+
+    /// The configured WABAs this replica's shard discovers and polls.
+    pub fn owned_wabas(&self) -> Vec<String> {
+        self.wabas
+            .iter()
+            .filter(|w| self.shard.owns(w))
+            .cloned()
+            .collect()
+    }
+
+    /// The static flows this replica's shard polls: with their WABA's shard
+    /// when the config names it, else by their own id.
+    pub fn owned_flows(&self) -> Vec<StaticFlow> {
+        self.flows
+            .iter()
+            .filter(|f| self.shard.owns(f.waba_id.as_deref().unwrap_or(&f.id)))
+            .cloned()
+            .collect()
     }
 
     pub fn granularity(&self, g: Granularity) -> Option<&GranularityConfig> {
@@ -400,6 +427,37 @@ struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     pages: Vec<RawPage>,
+    #[serde(default)]
+    cluster: RawCluster,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    shard_index: Option<i64>,
+    shard_total: Option<i64>,
+}
+
+impl RawCluster {
+    fn validate(self) -> Result<crate::shard::Shard, ConfigError> {
+        let total = self.shard_total.unwrap_or(1);
+        let index = self.shard_index.unwrap_or(0);
+        if !(1..=i64::from(crate::shard::MAX_SHARDS)).contains(&total) {
+            return Err(err(
+                "cluster.shard_total",
+                format!("must be between 1 and {}", crate::shard::MAX_SHARDS),
+            ));
+        }
+        if !(0..total).contains(&index) {
+            return Err(err(
+                "cluster.shard_index",
+                format!(
+                    "must be at least 0 and below cluster.shard_total ({total}); shards count from 0"
+                ),
+            ));
+        }
+        crate::shard::Shard::new(index as u32, total as u32).map_err(|e| err("cluster", e))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -631,6 +689,7 @@ struct RawWaba {
 struct RawFlow {
     id: String,
     name: Option<String>,
+    waba: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -686,9 +745,13 @@ impl RawConfig {
             if flows.iter().any(|s| s.id == f.id) {
                 return Err(err(key, format!("flow {} is listed twice", f.id)));
             }
+            if let Some(w) = &f.waba {
+                check_graph_id(&format!("flows[{i}].waba"), w)?;
+            }
             flows.push(StaticFlow {
                 id: f.id,
                 name: f.name,
+                waba_id: f.waba,
             });
         }
 
@@ -795,6 +858,7 @@ impl RawConfig {
             };
             pages.push(PageConfig { id: p.id, token });
         }
+        let shard = self.cluster.validate()?;
         if !pages.is_empty() && webhooks.is_none() {
             return Err(err(
                 "pages",
@@ -815,6 +879,8 @@ impl RawConfig {
             webhooks,
             storage,
             pages,
+            shard,
+            shard_in_file: shard,
             deprecated,
         })
     }

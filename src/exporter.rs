@@ -110,6 +110,7 @@ impl Exporter {
             running.insert(Job::Poll(g), tokio::sync::Mutex::new(()));
         }
         telemetry.init(&job_labels(&config));
+        telemetry.set_shard(config.shard);
         telemetry.config_loaded(false, clock.now().timestamp() as f64);
         let exporter = Exporter {
             config: watch::Sender::new(Arc::new(config)),
@@ -350,6 +351,11 @@ impl Exporter {
         };
         let mut config = Config::load(&path).map_err(invalid)?;
         let token = config.graph.token.load().map_err(invalid)?;
+        if config.shard_in_file != old.shard_in_file {
+            warn!(shard = %old.shard, configured = %config.shard_in_file, "[cluster] changed: that needs a restart; still polling the old shard");
+        }
+        // The shard in use stays (it may come from --shard.index/--shard.total).
+        config.shard = old.shard;
         if config.listen != old.listen {
             warn!(listening = %old.listen, configured = %config.listen, "server.listen changed: that needs a restart; still listening on the old address");
             config.listen = old.listen;
@@ -412,9 +418,10 @@ impl Exporter {
         // What the listings say is as of when they were asked for: a webhook
         // status newer than this wins over them.
         let listed_at = self.clock.now();
-        let mut results = Vec::with_capacity(config.wabas.len());
+        let wabas = config.owned_wabas();
+        let mut results = Vec::with_capacity(wabas.len());
         let mut failed = 0;
-        for waba in &config.wabas {
+        for waba in &wabas {
             let result = client.list_flows(waba).await;
             match &result {
                 Ok(listing) => {
@@ -436,7 +443,7 @@ impl Exporter {
         let now = self.clock.now();
         {
             let mut state = self.state();
-            state.apply_discovery(&config.flows, results, listed_at);
+            state.apply_discovery(&config.owned_flows(), results, listed_at);
             let polled = state.flows.values().filter(|f| f.is_polled()).count();
             info!(flows = state.flows.len(), polled, "discovery finished");
         }
@@ -445,7 +452,7 @@ impl Exporter {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .discovered = true;
-        let result = PollResult::of(failed, config.wabas.len());
+        let result = PollResult::of(failed, wabas.len());
         self.telemetry.poll_finished(
             Job::Discovery.label(),
             result,

@@ -46,6 +46,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod sandbox;
 pub mod server;
+pub mod shard;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;

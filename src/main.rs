@@ -81,6 +81,8 @@ enum Command {
         web: WebArgs,
         #[command(flatten)]
         listen: ListenArgs,
+        #[command(flatten)]
+        shard: ShardArgs,
     },
     /// Run a built-in sandbox Graph API and the exporter against it: no account needed.
     Demo {
@@ -118,6 +120,33 @@ struct ConfigArgs {
 impl ConfigArgs {
     fn load(&self) -> anyhow::Result<Config> {
         Config::load(&self.path).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
+    }
+}
+
+/// Which shard of the WABAs this replica polls (`[cluster]` in the file;
+/// these win).
+#[derive(Debug, Args)]
+struct ShardArgs {
+    /// This replica's shard, from 0 (a StatefulSet's ordinal).
+    #[arg(long = "shard.index", value_name = "N")]
+    index: Option<u32>,
+    /// How many replicas share the WABAs.
+    #[arg(long = "shard.total", value_name = "M")]
+    total: Option<u32>,
+}
+
+impl ShardArgs {
+    /// Puts the flags' shard in `config`; one flag alone keeps the file's
+    /// value of the other.
+    fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
+        if self.index.is_none() && self.total.is_none() {
+            return Ok(());
+        }
+        let index = self.index.unwrap_or(config.shard.index);
+        let total = self.total.unwrap_or(config.shard.total);
+        config.shard = flows_exporter::shard::Shard::new(index, total)
+            .map_err(|e| anyhow::anyhow!("--shard.index {index} --shard.total {total}: {e}"))?;
+        Ok(())
     }
 }
 
@@ -186,6 +215,8 @@ fn telemetry_path(s: &str) -> Result<String, String> {
 struct BackfillArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    #[command(flatten)]
+    shard: ShardArgs,
     /// Backfill from the built-in sandbox Graph API (the demo's data) instead
     /// of the config's: no account needed.
     #[arg(long, conflicts_with = "path")]
@@ -380,8 +411,10 @@ fn run(command: Command, progress: Option<Arc<Progress>>) -> anyhow::Result<Done
             config,
             web,
             listen,
+            shard,
         } => {
-            let cfg = config.load()?;
+            let mut cfg = config.load()?;
+            shard.apply(&mut cfg)?;
             let web = web.load()?;
             let listen = listen.resolve(cfg.listen);
             runtime()?.block_on(app::serve(cfg, web, listen))?;
@@ -404,7 +437,8 @@ fn run(command: Command, progress: Option<Arc<Progress>>) -> anyhow::Result<Done
                 None
             } else {
                 let path = args.config.path.display().to_string();
-                let cfg = args.config.load()?;
+                let mut cfg = args.config.load()?;
+                args.shard.apply(&mut cfg)?;
                 let token = cfg
                     .graph
                     .token

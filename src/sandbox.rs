@@ -256,6 +256,37 @@ impl Sandbox {
         sandbox
     }
 
+    /// `n_flows` PUBLISHED v3.0 flows spread round-robin over `n_wabas` WABAs
+    /// (ids `300000000000000 + w`), ids `900000000000000 + i`: a solution
+    /// provider's many accounts, for the sharding tests and benchmark.
+    pub fn generated_wabas(
+        n_flows: usize,
+        n_wabas: usize,
+        token: impl Into<String>,
+        clock: Clock,
+    ) -> Sandbox {
+        let sandbox = Sandbox::new(token, clock);
+        for i in 0..n_flows {
+            sandbox.add_flow(SandboxFlow {
+                id: (900_000_000_000_000 + i as u64).to_string(),
+                name: format!("Generated flow {i}"),
+                waba_id: Sandbox::generated_waba(i % n_wabas.max(1)),
+                status: "PUBLISHED".into(),
+                data_api_version: "3.0".into(),
+                can_send_message: "AVAILABLE".into(),
+                traffic: Traffic::Normal {
+                    base_per_hour: 40 + (i as u32 % 7) * 60,
+                },
+            });
+        }
+        sandbox
+    }
+
+    /// The id of generated WABA number `w`.
+    pub fn generated_waba(w: usize) -> String {
+        (300_000_000_000_000 + w as u64).to_string()
+    }
+
     /// `n_flows` PUBLISHED v3.0 flows alternating over the two realistic WABAs, with
     /// Normal traffic of varied volume: ids `900000000000000 + i`, names
     /// "Generated flow {i}". For benchmarks.

@@ -89,6 +89,8 @@ pub struct Telemetry {
     reload_successful: IntGauge,
     reload_success_at: prometheus::Gauge,
     reloads: IntCounterVec,
+    shard_ordinal: IntGauge,
+    total_shards: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -307,6 +309,17 @@ impl Telemetry {
             &["result"],
         )
         .expect("valid metric");
+        let shard_ordinal = IntGauge::with_opts(opts(
+            "shard_ordinal",
+            "This replica's shard (--shard.index or cluster.shard_index, from 0): it discovers and polls the WABAs whose id hashes to it.",
+        ))
+        .expect("valid metric");
+        let total_shards = IntGauge::with_opts(opts(
+            "total_shards",
+            "How many replicas share the WABAs (--shard.total or cluster.shard_total); 1 when one exporter polls them all.",
+        ))
+        .expect("valid metric");
+        total_shards.set(1);
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
@@ -351,6 +364,8 @@ impl Telemetry {
             Box::new(reload_successful.clone()),
             Box::new(reload_success_at.clone()),
             Box::new(reloads.clone()),
+            Box::new(shard_ordinal.clone()),
+            Box::new(total_shards.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -388,7 +403,15 @@ impl Telemetry {
             reload_successful,
             reload_success_at,
             reloads,
+            shard_ordinal,
+            total_shards,
         }
+    }
+
+    /// Which shard this replica polls.
+    pub fn set_shard(&self, shard: crate::shard::Shard) {
+        self.shard_ordinal.set(i64::from(shard.index));
+        self.total_shards.set(i64::from(shard.total));
     }
 
     /// One HTTP attempt to Graph ended.

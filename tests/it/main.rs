@@ -20,6 +20,7 @@ mod ratelimit;
 mod reload;
 mod rules;
 mod server;
+mod shards;
 mod support;
 mod web;
 mod webhooks;
