@@ -8,10 +8,10 @@
 //! out-of-order windows, and the expected values come from `data_points`.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use chrono::{DateTime, Days, DurationRound, NaiveDate, TimeDelta, Utc};
 use flows_exporter::backfill::progress::Progress;
@@ -236,73 +236,6 @@ fn check_summary(summary: &Summary, expected: &Samples, sandbox: &Sandbox) {
 }
 
 // ---- real servers ----
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A child process killed and reaped when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(program: &str, args: &[String], port: u16, dir: &Path) -> Server {
-        let log = dir.join(format!("{program}.log"));
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("{program} must be installed (scripts/test installs it): {e}")
-            });
-        Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self, path: &str) {
-        let client = http();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = client.get(format!("{}{path}", self.base)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("server exited with {status}: {}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready within 60 s: {}",
-                self.base,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 async fn prometheus(dir: &Path, config: &str, extra: &[&str]) -> Server {
     let port = free_port();

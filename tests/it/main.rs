@@ -3,6 +3,7 @@
 
 mod backfill;
 mod calls;
+mod cluster;
 mod config;
 mod dashboards;
 mod discovery;

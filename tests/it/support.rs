@@ -362,3 +362,71 @@ pub fn collect_stderr(child: &mut std::process::Child) -> Arc<std::sync::Mutex<S
     });
     logs
 }
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A server child process (Prometheus, VictoriaMetrics), killed and reaped
+/// when dropped; its standard error goes to a log file in `dir`.
+pub struct Server {
+    child: std::process::Child,
+    pub base: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn start(program: &str, args: &[String], port: u16, dir: &std::path::Path) -> Server {
+        let log = dir.join(format!("{program}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{program} must be installed (scripts/test installs it): {e}")
+            });
+        Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn wait_ready(&mut self, path: &str) {
+        let client = http();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{}{path}", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("server exited with {status}: {}", self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} not ready within 60 s: {}",
+                self.base,
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
