@@ -106,8 +106,20 @@ pub struct WebhookListener {
 
 /// How often raw webhook payloads past the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often a replica reads the webhook state others wrote to a shared store.
+const SHARED_REFRESH: Duration = Duration::from_secs(1);
 /// How often calls with no `terminate` are aged out.
 const AGE_CALLS_EVERY: Duration = Duration::from_secs(60);
+
+/// Counts nothing: for a listener whose connections no one watches (tests).
+#[derive(Debug, Clone, Copy)]
+pub struct NoHttpCounters;
+
+impl server::HttpCounters for NoHttpCounters {
+    fn set_connections(&self, _: usize) {}
+    fn shed(&self, _: server::Shed) {}
+    fn auth(&self, _: crate::web::AuthResult) {}
+}
 
 /// Counts the webhook listener's connections in the receiver's metrics.
 struct WebhookHttp(Arc<Receiver>);
@@ -170,6 +182,31 @@ pub async fn run_with(
             });
             if let Some(relay) = w.relay {
                 tracker.spawn(relay.run(shutdown.clone()));
+            }
+            if w.receiver.store().shared() {
+                // What other replicas wrote shows here within seconds.
+                let receiver = w.receiver.clone();
+                let exporter = exporter.clone();
+                let token = shutdown.clone();
+                tracker.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep(SHARED_REFRESH) => {}
+                            () = token.cancelled() => return,
+                        }
+                        let (r, ex) = (receiver.clone(), exporter.clone());
+                        // Flow statuses another replica learned show here too.
+                        let refreshed = tokio::task::spawn_blocking(move || {
+                            r.refresh()
+                                .map(|()| ex.apply_pushed_statuses(&r.statuses()))
+                        });
+                        match refreshed.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => warn!(error = %e, "cannot read the shared webhook state"),
+                            Err(e) => warn!(error = %e, "shared webhook state refresh failed"),
+                        }
+                    }
+                });
             }
             let routes = Arc::new(server::routes::webhooks(
                 w.receiver.clone(),
@@ -509,10 +546,25 @@ pub async fn open_webhooks(whole: &Config) -> anyhow::Result<Option<WebhookListe
         None => WebConfig::default(),
     };
     let path = storage.path.clone();
-    let store = tokio::task::spawn_blocking(move || crate::store::sqlite::Sqlite::open(&path))
-        .await
-        .context("cannot open the storage")?
-        .map_err(|e| anyhow::anyhow!("key `storage.path`: {e}"))?;
+    let url = storage.url.clone();
+    let store: Arc<dyn crate::store::Store> = tokio::task::spawn_blocking(
+        move || -> Result<Arc<dyn crate::store::Store>, crate::store::StoreError> {
+            Ok(match url {
+                Some(url) => Arc::new(crate::store::postgres::Postgres::connect(url.expose())?),
+                None => Arc::new(crate::store::sqlite::Sqlite::open(&path)?),
+            })
+        },
+    )
+    .await
+    .context("cannot open the storage")?
+    .map_err(|e| {
+        let key = if storage.url.is_some() {
+            "storage.url"
+        } else {
+            "storage.path"
+        };
+        anyhow::anyhow!("key `{key}`: {e}")
+    })?;
     let intake_token = match &config.intake_token {
         Some(source) => Some(source.load()?),
         None => {
@@ -533,10 +585,10 @@ pub async fn open_webhooks(whole: &Config) -> anyhow::Result<Option<WebhookListe
             pages: pages.iter().map(|p| p.id.clone()).collect(),
             call_timeout: config.call_timeout,
         },
-        Arc::new(store),
+        store,
         Clock::system(),
     )
-    .map_err(|e| anyhow::anyhow!("key `storage.path`: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("key `webhooks.listen`: cannot listen on {}", config.listen))?;
@@ -553,7 +605,7 @@ pub async fn open_webhooks(whole: &Config) -> anyhow::Result<Option<WebhookListe
             tokens,
         )?)
     };
-    info!(address = %listener.local_addr()?, path = %config.path, tls = web.current().is_tls(), storage = %storage.path.display(), retention_days = storage.retention.as_secs() / 86400, pages = pages.len(), "receiving webhooks");
+    info!(address = %listener.local_addr()?, path = %config.path, tls = web.current().is_tls(), storage = %receiver.store().describe(), retention_days = storage.retention.as_secs() / 86400, pages = pages.len(), "receiving webhooks");
     Ok(Some(WebhookListener {
         listener,
         receiver,

@@ -189,6 +189,9 @@ pub const DEFAULT_INTAKE_TOKEN_ENV: &str = "CALL_METRICS_INTAKE_TOKEN";
 pub struct StorageConfig {
     /// The SQLite file.
     pub path: PathBuf,
+    /// A PostgreSQL database shared by several replicas (`postgres://...`),
+    /// used instead of the file when set. `Debug` hides it (a password).
+    pub url: Option<Secret>,
     /// How long raw webhook payloads (and the duplicate memory) are kept.
     pub retention: Duration,
 }
@@ -197,6 +200,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: PathBuf::from(DEFAULT_STORAGE_PATH),
+            url: None,
             retention: DEFAULT_RETENTION,
         }
     }
@@ -487,6 +491,7 @@ struct RawWebhooks {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     path: Option<PathBuf>,
+    url: Option<String>,
     retention: Option<String>,
 }
 
@@ -601,7 +606,23 @@ impl RawStorage {
                 "must be at least 1d: Meta resends a webhook for up to 7 days, and the duplicate memory lasts as long as the payloads",
             ));
         }
-        Ok(StorageConfig { path, retention })
+        let url = match self.url {
+            None => None,
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Some(Secret::new(u))
+            }
+            Some(_) => {
+                return Err(err(
+                    "storage.url",
+                    "must be a PostgreSQL URL like \"postgres://user:password@host:5432/db\"",
+                ));
+            }
+        };
+        Ok(StorageConfig {
+            path,
+            url,
+            retention,
+        })
     }
 }
 

@@ -9,11 +9,12 @@
 //! The calls block (file I/O and fsync): callers run them on the blocking
 //! pool.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
 
-use crate::webhook::state::{Plan, State};
+use crate::webhook::state::{Plan, State, Touched};
 
 /// A storage failure, with what was being done. Webhook answers become 500
 /// (Meta sends the payload again).
@@ -99,4 +100,27 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Where the data lives, for logs (never a password).
     fn describe(&self) -> String;
+
+    /// Whether other processes write the same data: then the receiver plans
+    /// against the store's state ([`Store::commit_planned`]) rather than its
+    /// own, and reloads its state from the store now and then.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// For a shared store: while holding a lock every writer takes, reads the
+    /// rows `touched` names, lets `plan` decide against them, and writes the
+    /// plan (with `raw`) in the same transaction. Returns the plan written.
+    fn commit_planned(
+        &self,
+        raw: Option<Raw<'_>>,
+        touched: &Touched,
+        plan: &mut (dyn FnMut(&State) -> Plan + Send),
+    ) -> Result<Plan, StoreError> {
+        let _ = (raw, touched, plan);
+        Err(StoreError(format!(
+            "{} is not a shared store",
+            self.describe()
+        )))
+    }
 }

@@ -599,24 +599,40 @@ impl Receiver {
         let received_at = self.clock.now().timestamp();
         let parsed = payload::parse(body);
         let mut state = self.state();
-        let plan = match &parsed {
-            Ok(p) => state.plan(p, received_at),
-            Err(_) => state::Plan {
-                received_at,
-                ..state::Plan::default()
-            },
-        };
         let raw = Raw {
             received_at,
             body,
             understood: parsed.is_ok(),
         };
-        if let Err(e) = self.store.commit(Some(raw), &plan) {
-            drop(state);
-            self.metrics.request(RequestResult::StoreFailed);
-            warn!(error = %e, bytes = body.len(), "cannot store a signed webhook; answering 500 so that Meta sends it again");
-            return Received::Failed(e);
-        }
+        let committed = match &parsed {
+            // A shared store plans against the rows every replica sees.
+            Ok(p) if self.store.shared() => {
+                self.store
+                    .commit_planned(Some(raw), &state::Touched::of(p), &mut |current| {
+                        current.plan(p, received_at)
+                    })
+            }
+            Ok(p) => {
+                let plan = state.plan(p, received_at);
+                self.store.commit(Some(raw), &plan).map(|()| plan)
+            }
+            Err(_) => {
+                let plan = state::Plan {
+                    received_at,
+                    ..state::Plan::default()
+                };
+                self.store.commit(Some(raw), &plan).map(|()| plan)
+            }
+        };
+        let plan = match committed {
+            Ok(plan) => plan,
+            Err(e) => {
+                drop(state);
+                self.metrics.request(RequestResult::StoreFailed);
+                warn!(error = %e, bytes = body.len(), "cannot store a signed webhook; answering 500 so that Meta sends it again");
+                return Received::Failed(e);
+            }
+        };
         state.apply(&plan);
         if !plan.is_empty() {
             self.version.fetch_add(1, Ordering::Release);
@@ -710,17 +726,33 @@ impl Receiver {
         let result = tokio::task::spawn_blocking(move || {
             let now = me.clock.now().timestamp();
             let mut state = me.state();
-            if state
-                .intakes
-                .contains(&(page_id.clone(), metrics.call_id.clone()))
-            {
-                return IntakeResult::Duplicate;
-            }
-            let plan = state.plan_intake(&page_id, metrics, now);
-            if let Err(e) = me.store.commit(None, &plan) {
-                warn!(error = %e, page_id = %page_id, "cannot store call metrics; answering 500");
-                return IntakeResult::Failed(e);
-            }
+            let key = (page_id.clone(), metrics.call_id.clone());
+            let committed = if me.store.shared() {
+                me.store.commit_planned(
+                    None,
+                    &state::Touched::intake(&page_id, &metrics.call_id),
+                    &mut |current| {
+                        if current.intakes.contains(&key) {
+                            state::Plan::default()
+                        } else {
+                            current.plan_intake(&page_id, metrics.clone(), now)
+                        }
+                    },
+                )
+            } else if state.intakes.contains(&key) {
+                Ok(state::Plan::default())
+            } else {
+                let plan = state.plan_intake(&page_id, metrics, now);
+                me.store.commit(None, &plan).map(|()| plan)
+            };
+            let plan = match committed {
+                Ok(plan) if plan.intake.is_none() => return IntakeResult::Duplicate,
+                Ok(plan) => plan,
+                Err(e) => {
+                    warn!(error = %e, page_id = %page_id, "cannot store call metrics; answering 500");
+                    return IntakeResult::Failed(e);
+                }
+            };
             state.apply(&plan);
             me.version.fetch_add(1, Ordering::Release);
             IntakeResult::Accepted
@@ -749,9 +781,38 @@ impl Receiver {
         if plan.calls.is_empty() {
             return Ok(());
         }
-        self.store.commit(None, &plan)?;
+        let plan = if self.store.shared() {
+            // Decided again on the shared rows: another replica may have
+            // seen these calls end meanwhile.
+            let touched = state::Touched {
+                calls: plan.calls.keys().cloned().collect(),
+                pages: plan.pages.keys().cloned().collect(),
+                ..state::Touched::default()
+            };
+            self.store.commit_planned(None, &touched, &mut |current| {
+                current.plan_aging(now, cutoff)
+            })?
+        } else {
+            self.store.commit(None, &plan)?;
+            plan
+        };
         state.apply(&plan);
         self.version.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// For a shared store: takes in what other replicas wrote (the whole
+    /// state in force, read again). Nothing to do for an embedded one.
+    pub fn refresh(&self) -> Result<(), StoreError> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let fresh = self.store.load()?;
+        let mut state = self.state();
+        if *state != fresh {
+            *state = fresh;
+            self.version.fetch_add(1, Ordering::Release);
+        }
         Ok(())
     }
 

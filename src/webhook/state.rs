@@ -102,6 +102,56 @@ pub struct Tally {
     pub unknown: Vec<String>,
 }
 
+/// The rows a payload (or an intake) can touch: what a shared store reads,
+/// under its lock, to plan against the state every replica sees.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Touched {
+    /// Duplicate keys of its changes.
+    pub keys: Vec<String>,
+    /// Flows whose alerts or status it may change.
+    pub flows: Vec<String>,
+    /// (Page, call id) of its call updates or intake.
+    pub calls: Vec<(String, String)>,
+    pub pages: Vec<String>,
+}
+
+impl Touched {
+    /// What `payload` can touch.
+    pub fn of(payload: &Payload) -> Touched {
+        let mut t = Touched::default();
+        for entry in &payload.entries {
+            for change in &entry.changes {
+                t.keys.push(change.key.clone());
+                match &change.event {
+                    Event::Alert(a) => t.flows.push(a.flow_id.clone()),
+                    Event::StatusChange { flow_id, .. } => t.flows.push(flow_id.clone()),
+                    Event::Call(c) => {
+                        t.calls.push((entry.id.clone(), c.call_id.clone()));
+                        t.pages.push(entry.id.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        t.flows.sort();
+        t.flows.dedup();
+        t.calls.sort();
+        t.calls.dedup();
+        t.pages.sort();
+        t.pages.dedup();
+        t
+    }
+
+    /// What an intake for this call can touch.
+    pub fn intake(page_id: &str, call_id: &str) -> Touched {
+        Touched {
+            calls: vec![(page_id.to_owned(), call_id.to_owned())],
+            pages: vec![page_id.to_owned()],
+            ..Touched::default()
+        }
+    }
+}
+
 /// The `from` label of a flow's creation.
 pub const CREATED: &str = "NONE";
 

@@ -22,6 +22,7 @@ mod reload;
 mod rules;
 mod server;
 mod shards;
+mod shared_state;
 mod support;
 mod web;
 mod webhooks;

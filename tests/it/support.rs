@@ -430,3 +430,120 @@ impl Server {
         }
     }
 }
+
+/// A throwaway PostgreSQL (Debian's package) on a loopback port: its data
+/// directory in a temporary directory, run as the `postgres` user when the
+/// tests run as root (PostgreSQL refuses root), trust authentication on
+/// 127.0.0.1 only. Stopped and removed when dropped.
+pub struct Postgres {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Postgres {
+    pub async fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).max())
+            .expect("PostgreSQL must be installed (the test command installs Debian's postgresql)");
+        let dir = tempfile::Builder::new()
+            .prefix("flows-pg")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let data = dir.path().join("data");
+        let as_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let run = |program: &str| -> std::process::Command {
+            if as_root {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+                c
+            } else {
+                std::process::Command::new(bin.join(program))
+            }
+        };
+        if as_root {
+            let status = std::process::Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        let out = run("initdb")
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("pg.log")).expect("log");
+        let child = run("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir.path())
+            .args(["-c", "fsync=off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("postgres starts");
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let pg = Postgres {
+            child,
+            url,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Accepting connections is not yet accepting queries.
+        let url = pg.url.clone();
+        let ready = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                match postgres::Client::connect(&url, postgres::NoTls) {
+                    Ok(_) => return true,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .expect("task");
+        assert!(ready, "PostgreSQL never accepted a connection");
+        pg
+    }
+}
