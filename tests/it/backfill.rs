@@ -686,3 +686,61 @@ async fn the_exit_status_says_whether_anything_was_lost() {
     assert!(!written, "no file that looks complete");
     assert!(printed.contains("backfill stopped"), "{printed}");
 }
+
+/// The backfill shards like the exporter: the shards write, together and
+/// without overlap, what one whole run writes.
+#[tokio::test]
+async fn a_sharded_backfill_splits_the_work_without_overlap() {
+    let s = setup().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let whole = run(&s, Output::File(dir.path().join("whole.om")))
+        .await
+        .expect("backfill");
+    let read = |name: &str| -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(dir.path().join(name))
+            .expect("file")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    // The fewest shards that put the two WABAs apart.
+    let total = (2..10)
+        .find(|t| {
+            flows_exporter::shard::shard_of(WABA_1, *t)
+                != flows_exporter::shard::shard_of(WABA_2, *t)
+        })
+        .expect("some total splits two WABAs");
+    let mut flows = 0;
+    let mut busy = 0;
+    let mut union = std::collections::BTreeSet::new();
+    for index in 0..total {
+        let mut config = s.config.clone();
+        config.shard = flows_exporter::shard::Shard::new(index, total).expect("shard");
+        let (since, until) = window(s.now);
+        let name = format!("shard{index}.om");
+        let summary = backfill::run(
+            &config,
+            Secret::new(TOKEN),
+            Clock::fixed(s.now),
+            Options {
+                since,
+                until,
+                granularities: None,
+                chunk_periods: backfill::DEFAULT_CHUNK_PERIODS,
+                output: Output::File(dir.path().join(&name)),
+            },
+            Progress::hidden(),
+        )
+        .await
+        .expect("backfill");
+        busy += usize::from(summary.flows > 0);
+        flows += summary.flows;
+        for line in read(&name) {
+            assert!(union.insert(line.clone()), "written by both shards: {line}");
+        }
+    }
+    assert_eq!(busy, 2, "each WABA's shard did work");
+    assert_eq!(flows, whole.flows);
+    assert_eq!(union, read("whole.om"));
+}
