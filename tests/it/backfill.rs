@@ -358,6 +358,7 @@ fn assert_same_within(got: &Samples, want: &Samples, relative: f64) {
 
 #[tokio::test]
 async fn file_imported_with_promtool_answers_promql_with_the_sandbox_values() {
+    let _turn = real_servers().await;
     let s = setup().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("flows.om");
@@ -415,6 +416,7 @@ fn remote(url: String) -> Output {
 
 #[tokio::test]
 async fn remote_write_into_prometheus_with_an_out_of_order_window() {
+    let _turn = real_servers().await;
     let s = setup().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let prom = prometheus(
@@ -445,6 +447,7 @@ async fn remote_write_into_prometheus_with_an_out_of_order_window() {
 
 #[tokio::test]
 async fn a_receiver_rejecting_old_samples_stops_the_run_with_its_reason() {
+    let _turn = real_servers().await;
     let s = setup().await;
     let dir = tempfile::tempdir().expect("tempdir");
     // No out-of-order window: once the newest hours are in, older days are
@@ -472,6 +475,7 @@ async fn a_receiver_rejecting_old_samples_stops_the_run_with_its_reason() {
 
 #[tokio::test]
 async fn remote_write_into_victoria_metrics() {
+    let _turn = real_servers().await;
     let s = setup().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();

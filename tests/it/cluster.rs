@@ -117,6 +117,7 @@ fn line_key(line: &str) -> (String, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_shards_through_a_prometheus_agent_into_victoria_metrics() {
+    let _turn = real_servers().await;
     let sb = start_sandbox(Sandbox::generated_wabas(
         60,
         WABAS,

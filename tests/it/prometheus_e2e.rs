@@ -37,6 +37,7 @@ const LIVE_ALERT: &str = "WhatsAppFlowsTokenInvalid";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_and_alerts_work_against_a_real_prometheus() {
+    let _turn = real_servers().await;
     // The sandbox and the exporter both read the system clock, so periods,
     // last-success times and staleness are what a live system would show.
     let sb = start_sandbox(Sandbox::realistic(TOKEN, Clock::system())).await;

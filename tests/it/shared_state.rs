@@ -75,6 +75,7 @@ fn state_series(r: &Receiver) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_state_and_apply_everything_once() {
+    let _turn = real_servers().await;
     let pg = Postgres::start().await;
     let sb = realistic().await;
     sb.sandbox.add_page(PAGE);

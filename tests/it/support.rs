@@ -547,3 +547,12 @@ impl Postgres {
         pg
     }
 }
+
+/// One test at a time may run real servers (Prometheus, VictoriaMetrics,
+/// PostgreSQL): on 2 cores, several at once slow each other enough that
+/// Prometheus 2.42 sometimes leaves a sample written into its out-of-order
+/// head out of a query. Hold the guard for the whole test.
+pub async fn real_servers() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}

@@ -712,6 +712,7 @@ async fn the_token_appears_in_no_answer_and_no_log() {
 /// and basic auth (a cost-10 hash, as the README suggests), and sees it up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
+    let _turn = real_servers().await;
     let sb = realistic().await;
     let ex = exporter(&sb.base_url);
     ex.startup().await;
