@@ -16,27 +16,10 @@ use std::time::{Duration, Instant};
 
 use flows_exporter::model::Clock;
 use flows_exporter::sandbox::Sandbox;
-use serve::{Scraper, knob, proc_status};
+use serve::{Proc, Scraper, free_port, knob, proc_status};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "bench-token";
-
-/// The exporter process, killed when dropped.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn main() {
     let flows = knob("BENCH_FLOWS", 10_000) as usize;

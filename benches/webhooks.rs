@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use flows_exporter::webhook::AppSecrets;
 use serde_json::json;
-use serve::{knob, percentile};
+use serve::{Proc, free_port, knob, percentile};
 
 const SECRET: &str = "bench-app-secret";
 const WABA: &str = "102290129340398";
@@ -43,23 +43,6 @@ fn body(post: u64, changes: usize, target: usize) -> String {
     json!({"object": "whatsapp_business_account",
            "entry": [{"id": WABA, "time": 1_700_000_000 + post, "changes": values}]})
     .to_string()
-}
-
-/// The exporter process, killed when dropped.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn main() {

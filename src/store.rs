@@ -64,6 +64,25 @@ pub struct OutboxSummary {
     pub oldest_pending: Option<i64>,
 }
 
+impl OutboxSummary {
+    /// From rows of (state, items, oldest received time) per state.
+    pub fn from_rows(rows: impl IntoIterator<Item = (String, i64, Option<i64>)>) -> OutboxSummary {
+        let mut summary = OutboxSummary::default();
+        for (state, n, oldest) in rows {
+            let n = n.max(0) as u64;
+            match state.as_str() {
+                "pending" => {
+                    summary.pending = n;
+                    summary.oldest_pending = oldest;
+                }
+                "done" => summary.done = n,
+                _ => summary.failed += n,
+            }
+        }
+        summary
+    }
+}
+
 /// What a prune removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {

@@ -76,6 +76,24 @@ impl Secure {
     }
 }
 
+/// A child process (the exporter), killed and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// A number from the environment, or `default`.
 pub fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)

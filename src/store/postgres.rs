@@ -513,7 +513,6 @@ impl Store for Postgres {
     }
 
     fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
-        let mut summary = OutboxSummary::default();
         let rows = self.with(|client| {
             client
                 .query(
@@ -522,19 +521,9 @@ impl Store for Postgres {
                 )
                 .map_err(fail("outbox"))
         })?;
-        for r in rows {
-            let (state, n, oldest): (String, i64, Option<i64>) = (r.get(0), r.get(1), r.get(2));
-            let n = n.max(0) as u64;
-            match state.as_str() {
-                "pending" => {
-                    summary.pending = n;
-                    summary.oldest_pending = oldest;
-                }
-                "done" => summary.done = n,
-                _ => summary.failed += n,
-            }
-        }
-        Ok(summary)
+        Ok(OutboxSummary::from_rows(
+            rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))),
+        ))
     }
 
     fn raw_count(&self) -> Result<u64, StoreError> {

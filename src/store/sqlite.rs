@@ -506,8 +506,7 @@ impl Store for Sqlite {
 
     fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
         let conn = self.conn();
-        let mut summary = OutboxSummary::default();
-        for (state, n, oldest) in rows(
+        Ok(OutboxSummary::from_rows(rows(
             &conn,
             "outbox",
             "SELECT state, count(*), min(received_at) FROM outbox GROUP BY state",
@@ -518,18 +517,7 @@ impl Store for Sqlite {
                     r.get::<_, Option<i64>>(2)?,
                 ))
             },
-        )? {
-            let n = n.max(0) as u64;
-            match state.as_str() {
-                "pending" => {
-                    summary.pending = n;
-                    summary.oldest_pending = oldest;
-                }
-                "done" => summary.done = n,
-                _ => summary.failed += n,
-            }
-        }
-        Ok(summary)
+        )?))
     }
 
     fn raw_count(&self) -> Result<u64, StoreError> {
