@@ -64,13 +64,14 @@ impl Family {
         self.0.mut_metric().push(m);
     }
 
-    /// A histogram with a `_sum` (cumulative `buckets`; `+Inf` is `count`).
+    /// A histogram: cumulative `buckets`, `+Inf` is `count`; a `_sum` only
+    /// when there is one (Meta reports none for endpoint latency).
     pub(crate) fn histogram_sum(
         &mut self,
         labels: &[(&str, &str)],
         buckets: &[(f64, u64)],
         count: u64,
-        sum: f64,
+        sum: Option<f64>,
     ) {
         let mut m = Family::metric(labels);
         let mut ph = Histogram::default();
@@ -86,28 +87,15 @@ impl Family {
                 .collect(),
         );
         ph.set_sample_count(count);
-        ph.set_sample_sum(sum);
+        if let Some(sum) = sum {
+            ph.set_sample_sum(sum);
+        }
         m.set_histogram(ph);
         self.0.mut_metric().push(m);
     }
 
     fn histogram(&mut self, labels: &[(&str, &str)], h: &LatencyHistogram) {
-        let mut m = Family::metric(labels);
-        let mut ph = Histogram::default();
-        ph.set_bucket(
-            h.buckets
-                .iter()
-                .map(|(le, c)| {
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(*le);
-                    b.set_cumulative_count(*c);
-                    b
-                })
-                .collect(),
-        );
-        ph.set_sample_count(h.count);
-        m.set_histogram(ph);
-        self.0.mut_metric().push(m);
+        self.histogram_sum(labels, &h.buckets, h.count, None);
     }
 }
 

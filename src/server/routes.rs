@@ -123,14 +123,31 @@ impl std::fmt::Debug for Route {
 }
 
 /// The routes of one listener.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Routes {
     routes: Vec<Route>,
+    /// The 404's text: where to go instead.
+    not_found: String,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            routes: Vec::new(),
+            not_found: "not found; try /metrics\n".to_owned(),
+        }
+    }
 }
 
 impl Routes {
     pub fn new() -> Routes {
         Routes::default()
+    }
+
+    /// What a path no route has is told (404).
+    pub fn not_found(mut self, text: impl Into<String>) -> Routes {
+        self.not_found = text.into();
+        self
     }
 
     /// Adds a row; a later row for the same path is never reached. A path
@@ -165,7 +182,9 @@ impl Routes {
                 } else if let Some(refused) = refuse_auth(web, &req, peer, stats).await {
                     refused
                 } else {
-                    plain(StatusCode::NOT_FOUND, "not found; try /metrics\n")
+                    let mut r = plain(StatusCode::NOT_FOUND, "");
+                    *r.body_mut() = Chunks::one(self.not_found.clone());
+                    r
                 }
             }
         };
@@ -577,59 +596,66 @@ pub fn webhooks(
         }),
         body_refused: None,
     };
-    Routes::new().route(intake_route).route(Route {
-        path: path.to_owned(),
-        methods: &[Method::GET, Method::POST],
-        auth: Auth::Handler,
-        body: BodyPolicy::Read {
-            limit: crate::webhook::MAX_BODY_BYTES,
-        },
-        handler: handler(move |req| {
-            let receiver = receiver.clone();
-            let exporter = exporter.clone();
-            async move {
-                if req.head.method != Method::POST {
-                    let query = req.head.uri.query().unwrap_or("");
-                    return match receiver.handshake(query) {
-                        Handshake::Verified(challenge) => {
-                            let mut r = plain(StatusCode::OK, "");
-                            *r.body_mut() = Chunks::one(challenge);
-                            r
-                        }
-                        Handshake::Refused => {
-                            plain(StatusCode::FORBIDDEN, "verification refused\n")
-                        }
-                    };
-                }
-                let signature = req
-                    .head
-                    .headers
-                    .get("x-hub-signature-256")
-                    .map(|v| v.as_bytes().to_vec());
-                match receiver.receive(signature, req.body).await {
-                    Received::Accepted(accepted) => {
-                        if !accepted.statuses.is_empty() {
-                            let statuses = accepted.statuses;
-                            // Rendering the flows again is CPU work.
-                            let _ = tokio::task::spawn_blocking(move || {
-                                exporter.apply_pushed_statuses(&statuses)
-                            })
-                            .await;
-                        }
-                        plain(StatusCode::OK, "OK\n")
+    Routes::new()
+        .not_found(format!(
+            "not found; webhooks go to {path}, call metrics to /calls/{{page_id}}/metrics\n"
+        ))
+        .route(intake_route)
+        .route(Route {
+            path: path.to_owned(),
+            methods: &[Method::GET, Method::POST],
+            auth: Auth::Handler,
+            body: BodyPolicy::Read {
+                limit: crate::webhook::MAX_BODY_BYTES,
+            },
+            handler: handler(move |req| {
+                let receiver = receiver.clone();
+                let exporter = exporter.clone();
+                async move {
+                    if req.head.method != Method::POST {
+                        let query = req.head.uri.query().unwrap_or("");
+                        return match receiver.handshake(query) {
+                            Handshake::Verified(challenge) => {
+                                let mut r = plain(StatusCode::OK, "");
+                                *r.body_mut() = Chunks::one(challenge);
+                                r
+                            }
+                            Handshake::Refused => {
+                                plain(StatusCode::FORBIDDEN, "verification refused\n")
+                            }
+                        };
                     }
-                    Received::BadSignature(_) => plain(StatusCode::UNAUTHORIZED, "bad signature\n"),
-                    Received::Failed(_) => plain(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "not stored; send it again\n",
-                    ),
+                    let signature = req
+                        .head
+                        .headers
+                        .get("x-hub-signature-256")
+                        .map(|v| v.as_bytes().to_vec());
+                    match receiver.receive(signature, req.body).await {
+                        Received::Accepted(accepted) => {
+                            if !accepted.statuses.is_empty() {
+                                let statuses = accepted.statuses;
+                                // Rendering the flows again is CPU work.
+                                let _ = tokio::task::spawn_blocking(move || {
+                                    exporter.apply_pushed_statuses(&statuses)
+                                })
+                                .await;
+                            }
+                            plain(StatusCode::OK, "OK\n")
+                        }
+                        Received::BadSignature(_) => {
+                            plain(StatusCode::UNAUTHORIZED, "bad signature\n")
+                        }
+                        Received::Failed(_) => plain(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "not stored; send it again\n",
+                        ),
+                    }
                 }
-            }
-        }),
-        body_refused: Some(Arc::new(move |status| {
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                counted.metrics().request(RequestResult::TooLarge);
-            }
-        })),
-    })
+            }),
+            body_refused: Some(Arc::new(move |status| {
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    counted.metrics().request(RequestResult::TooLarge);
+                }
+            })),
+        })
 }

@@ -252,7 +252,7 @@ fn render_calls(state: &State, emit: &mut impl FnMut(Family)) {
         active.gauge(&[("page_id", page)], *n as f64);
     }
     let hist = |f: &mut Family, labels: &[(&str, &str)], bounds: &[f64], h: &Hist| {
-        f.histogram_sum(labels, &h.cumulative(bounds), h.count, h.sum);
+        f.histogram_sum(labels, &h.cumulative(bounds), h.count, Some(h.sum));
     };
     for (page, s) in &state.pages {
         let p = ("page_id", page.as_str());

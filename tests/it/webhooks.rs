@@ -181,6 +181,22 @@ async fn the_subscription_check_echoes_the_challenge_only_for_the_token() {
     ] {
         assert_eq!(get(query.clone()).await.0, 403, "{query}");
     }
+    let lost = http()
+        .get(h.url.replace("/webhooks", "/metrics"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        lost.status(),
+        404,
+        "/metrics is not on the webhook listener"
+    );
+    assert!(
+        lost.text()
+            .await
+            .expect("body")
+            .contains("webhooks go to /webhooks")
+    );
     let text = h.metrics().await;
     assert_eq!(requests(&text, "verified"), 1.0);
     assert_eq!(requests(&text, "verify_refused"), 5.0);
